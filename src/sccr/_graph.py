@@ -1,0 +1,232 @@
+"""k-nearest-neighbour graphs (ALGORITHM.md, building block 1).
+
+Everything here is blockwise: similarities are computed for a block of rows at a
+time and reduced to the top ``k + 1`` entries at once, so no ``n x n`` array is
+ever held. Ties in similarity are broken towards the lower node index, which
+makes every graph deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import scipy.sparse as sp
+
+#: Number of similarities held at once by the blockwise search (32 MiB of float32).
+SIMILARITY_BLOCK_ELEMENTS = 1 << 23
+
+
+def _row_normalised(M: np.ndarray | sp.spmatrix) -> np.ndarray | sp.csr_matrix:
+    """Rows scaled to unit L2 norm in float32; all-zero rows stay zero."""
+    if sp.issparse(M):
+        M = sp.csr_matrix(M, dtype=np.float32, copy=True)
+        norms = np.sqrt(np.asarray(M.multiply(M).sum(axis=1), dtype=np.float32).ravel())
+        scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        M.data *= np.repeat(scale, np.diff(M.indptr))
+        return M
+    M = np.asarray(M, dtype=np.float32)
+    norms = np.linalg.norm(M, axis=1)
+    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    return M * scale[:, None]
+
+
+def _cosine_blocks(Mn: np.ndarray | sp.csr_matrix) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(start, S)``: float32 cosine similarities of a block of rows to all rows."""
+    n = Mn.shape[0]
+    block = max(1, min(n, SIMILARITY_BLOCK_ELEMENTS // max(n, 1)))
+    for start in range(0, n, block):
+        if sp.issparse(Mn):
+            rows = Mn[start : start + block].toarray()
+            # (n x d sparse) @ (d x b dense): cost scales with the non-zeros of M.
+            yield start, np.ascontiguousarray((Mn @ rows.T).T)
+        else:
+            yield start, Mn[start : start + block] @ Mn.T
+
+
+def _exact_cosine(M: np.ndarray | sp.csr_matrix) -> Callable[[int, np.ndarray], np.ndarray]:
+    """``f(start, cols)``: float64 cosines of rows ``start..start + b`` with candidate rows ``cols``."""
+    if sp.issparse(M):
+        M = M.astype(np.float64)
+        norms = np.sqrt(np.asarray(M.multiply(M).sum(axis=1)).ravel())
+    else:
+        norms = np.sqrt(np.einsum("ij,ij->i", M, M, dtype=np.float64))
+    step = max(1, SIMILARITY_BLOCK_ELEMENTS // (8 * max(M.shape[1], 1)))
+
+    def dots(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        if sp.issparse(M):
+            return np.asarray(M[rows].multiply(M[cols]).sum(axis=1)).ravel()
+        return np.einsum("ij,ij->i", M[rows].astype(np.float64), M[cols].astype(np.float64))
+
+    def cosine(start: int, cols: np.ndarray) -> np.ndarray:
+        b, c = cols.shape
+        rows = np.repeat(np.arange(start, start + b), c)
+        flat = cols.ravel()
+        out = np.concatenate([dots(rows[s : s + step], flat[s : s + step]) for s in range(0, rows.size, step)])
+        denom = norms[rows] * norms[flat]
+        return np.divide(out, denom, out=np.zeros_like(out), where=denom > 0).reshape(b, c)
+
+    return cosine
+
+
+def _candidates(key: np.ndarray, m: int) -> np.ndarray:
+    """Columns of the ``m`` largest keys of every row; at the cut-off, lower columns first."""
+    b = key.shape[0]
+    kth = -np.partition(-key, m - 1, axis=1)[:, m - 1]
+    above = key > kth[:, None]
+    need = m - above.sum(axis=1)
+    equal = key == kth[:, None]
+    keep = above | (equal & (np.cumsum(equal, axis=1) <= need[:, None]))
+    return np.nonzero(keep)[1].reshape(b, m)
+
+
+def top_neighbours(
+    blocks: Iterator[tuple[int, np.ndarray]],
+    n: int,
+    n_neighbours: int,
+    *,
+    signed: bool = False,
+    exact: Callable[[int, np.ndarray], np.ndarray] | None = None,
+    margin: int = 8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``n_neighbours`` entries of every row of a similarity matrix given in row blocks.
+
+    Parameters
+    ----------
+    blocks
+        ``(start, S)`` pairs covering rows ``0..n`` in order; ``S`` is ``b x n``.
+    n_neighbours
+        How many entries each row keeps (``k + 1`` with the node itself).
+    signed
+        Rank by absolute value instead of value (the signed gene graph).
+    exact
+        ``exact(start, cols)`` recomputes the similarities of candidate columns
+        precisely; the block then only proposes ``n_neighbours + margin``
+        candidates, so float32 rounding cannot reorder near-ties.
+
+    Returns
+    -------
+    indices, values
+        ``n x n_neighbours`` arrays, ordered by decreasing rank within each row;
+        equal similarities are broken towards the lower column index.
+    """
+    m = min(n_neighbours, n)
+    n_candidates = min(n, m + margin) if exact is not None else m
+    indices = np.empty((n, m), dtype=np.int64)
+    values = np.empty((n, m), dtype=np.float32)
+    for start, S in blocks:
+        b = S.shape[0]
+        rows = np.arange(b)[:, None]
+        cols = _candidates(np.abs(S) if signed else S, n_candidates)
+        sims = exact(start, cols) if exact is not None else S[rows, cols]
+        key = np.abs(sims) if signed else sims
+        order = np.lexsort((cols, -key), axis=1)[:, :m]
+        indices[start : start + b] = cols[rows, order]
+        values[start : start + b] = sims[rows, order]
+    return indices, values
+
+
+def graph_from_neighbours(
+    indices: np.ndarray, values: np.ndarray, *, sym: bool, norm: str = "row"
+) -> sp.csr_matrix:
+    """Sparse propagation graph from top-k lists (steps 3 to 6 of building block 1).
+
+    Negative values are clipped to 0 unless the graph is signed (then ``values``
+    carry the sign and the magnitudes are what is normalised). A self-loop of
+    weight 1 is added, the graph is symmetrised if ``sym`` and normalised by rows
+    (``norm="row"``, row-stochastic) or symmetrically (``norm="sym"``,
+    ``D^-1/2 A D^-1/2``, used by scBFP's gene graph).
+    """
+    n, m = indices.shape
+    rows = np.repeat(np.arange(n), m)
+    data = values.ravel().astype(np.float32)
+    A = sp.csr_matrix((data, (rows, indices.ravel())), shape=(n, n), dtype=np.float32)
+    A = A + sp.identity(n, dtype=np.float32, format="csr")
+    if sym:
+        A = (A + A.T) * np.float32(0.5)
+    A = sp.csr_matrix(A, dtype=np.float32)
+    A.eliminate_zeros()
+    A.sort_indices()
+    degree = np.asarray(abs(A).sum(axis=1), dtype=np.float32).ravel()
+    inv = np.divide(1.0, degree, out=np.zeros_like(degree), where=degree > 0)
+    if norm == "row":
+        A.data *= np.repeat(inv, np.diff(A.indptr))
+    elif norm == "sym":
+        inv_sqrt = np.sqrt(inv)
+        A.data *= np.repeat(inv_sqrt, np.diff(A.indptr)) * inv_sqrt[A.indices]
+    else:
+        raise ValueError(f"norm must be 'row' or 'sym', got {norm!r}")
+    return A
+
+
+def knn_graph(M: np.ndarray | sp.spmatrix, k: int, *, sym: bool, norm: str = "row") -> sp.csr_matrix:
+    """Cosine k-NN graph over the rows of ``M`` (ALGORITHM.md, building block 1).
+
+    Candidates are found with float32 products and ranked on exact (float64)
+    cosines. Each row keeps its ``k + 1`` most similar rows (itself included), negative
+    similarities become 0, a self-loop of weight 1 is added, the graph is
+    symmetrised when ``sym`` and normalised so that every row sums to 1.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        ``n x n``, float32, with about ``k + 1`` to ``2 (k + 1)`` entries per row.
+    """
+    if sp.issparse(M):
+        M = sp.csr_matrix(M, dtype=np.float32)
+    else:
+        M = np.ascontiguousarray(M, dtype=np.float32)
+    indices, values = top_neighbours(
+        _cosine_blocks(_row_normalised(M)), M.shape[0], k + 1,
+        exact=_exact_cosine(M),
+    )
+    np.maximum(values, 0, out=values)
+    return graph_from_neighbours(indices, values, sym=sym, norm=norm)
+
+
+def _standardised_gram_blocks(
+    D: np.ndarray, mean: np.ndarray, scale: np.ndarray, cell_chunk: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield the gene-gene cosine matrix of the standardised columns of ``D`` in row blocks.
+
+    The cosine of two standardised columns is their Pearson correlation; it is
+    accumulated over chunks of cells in float64 so that ``D`` is never copied whole.
+    """
+    n, g = D.shape
+    block = max(1, min(g, SIMILARITY_BLOCK_ELEMENTS // (2 * max(g, 1))))
+    for start in range(0, g, block):
+        stop = min(g, start + block)
+        gram = np.zeros((stop - start, g), dtype=np.float64)
+        for c0 in range(0, n, cell_chunk):
+            Z = (D[c0 : c0 + cell_chunk] - mean) / scale
+            gram += Z[:, start:stop].T @ Z
+        yield start, gram
+
+
+def signed_gene_graph(
+    D: np.ndarray, mean: np.ndarray, scale: np.ndarray, k: int, *, cell_chunk: int = 4096
+) -> sp.csr_matrix:
+    """Signed G x G gene graph equal to the 2G-node graph of scCR step 2c.
+
+    ``knn([Z, -Z]^T, k, sym=True)`` is mirror-symmetric, so it is fully described
+    by the signed matrix ``S[g, h] = W[g, h] - W[g, G + h]``: a gene's neighbours
+    are the ``k`` genes of largest absolute correlation, with the sign of that
+    correlation (associating +, dissociating -). Rows are normalised by the sum
+    of absolute weights, which is the row sum of the 2G-node graph.
+    """
+    g = D.shape[1]
+    # Column norms of Z: diag of the Gram matrix, computed over cell chunks.
+    norms = np.zeros(g, dtype=np.float64)
+    for c0 in range(0, D.shape[0], cell_chunk):
+        Z = (D[c0 : c0 + cell_chunk] - mean) / scale
+        norms += np.einsum("ij,ij->j", Z, Z, dtype=np.float64)
+    norms = np.sqrt(norms)
+    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+
+    def correlation_blocks() -> Iterator[tuple[int, np.ndarray]]:
+        for start, gram in _standardised_gram_blocks(D, mean, scale, cell_chunk):
+            corr = gram * inv[start : start + gram.shape[0], None] * inv[None, :]
+            yield start, corr.astype(np.float32)
+
+    indices, values = top_neighbours(correlation_blocks(), g, k + 1, signed=True)
+    return graph_from_neighbours(indices, values, sym=True)

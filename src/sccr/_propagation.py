@@ -1,0 +1,139 @@
+"""Feature propagation (ALGORITHM.md, building block 2), chunked and multi-threaded.
+
+Every feature column propagates independently on a fixed graph, so the work is
+split into chunks of columns that each run all iterations while they sit in the
+CPU cache. One compiled kernel serves both layouts of scCR: cells as nodes with
+chunks of genes as features, and genes as nodes with chunks of cells as features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import scipy.sparse as sp
+from numba import njit
+
+from ._progress import stage_bar
+
+#: Feature columns per chunk: 64 float32 columns keep a 4k-node block in L2 cache.
+DEFAULT_CHUNK = 64
+
+
+@njit(nogil=True, cache=True, fastmath=False)
+def _propagate_block(indptr, indices, data, x0, observed, n_iter, hard, beta, out):  # pragma: no cover
+    """Run ``n_iter`` steps of hard or soft propagation on one ``nodes x c`` block."""
+    n, c = x0.shape
+    cur = x0.copy()
+    nxt = np.empty_like(x0)
+    anchor = (np.float32(1.0) - beta) * x0
+    for _ in range(n_iter):
+        for i in range(n):
+            row = nxt[i]
+            row[:] = 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                w = data[p]
+                src = cur[indices[p]]
+                for q in range(c):
+                    row[q] += w * src[q]
+            if hard:
+                for q in range(c):
+                    if observed[i, q]:
+                        row[q] = x0[i, q]
+            else:
+                for q in range(c):
+                    row[q] = beta * row[q] + anchor[i, q]
+        cur, nxt = nxt, cur
+    out[:] = cur
+
+
+def propagate_chunks(
+    A: sp.csr_matrix,
+    n_chunks: int,
+    load: Callable[[int], tuple[np.ndarray, np.ndarray | None]],
+    store: Callable[[int, np.ndarray], None],
+    *,
+    n_iter: int,
+    hard: bool,
+    beta: float = 1.0,
+    n_jobs: int = 1,
+    desc: str = "propagate",
+    progress: bool = False,
+) -> None:
+    """Propagate ``n_chunks`` feature blocks on graph ``A`` in parallel threads.
+
+    ``load(i)`` returns the block's starting values (``nodes x c``, float32) and,
+    for hard propagation, a boolean mask of the entries kept fixed (``None``
+    means the non-zeros of the starting values). ``store(i, result)`` receives
+    the propagated block.
+    """
+    A = sp.csr_matrix(A, dtype=np.float32)
+    indptr, indices, data = A.indptr, A.indices, A.data
+    beta32 = np.float32(beta)
+
+    def work(i: int) -> None:
+        x0, observed = load(i)
+        x0 = np.ascontiguousarray(x0, dtype=np.float32)
+        if observed is None:
+            observed = x0 != 0
+        out = np.empty_like(x0)
+        _propagate_block(indptr, indices, data, x0, observed, n_iter, hard, beta32, out)
+        store(i, out)
+
+    with stage_bar(desc, n_chunks, progress) as bar:
+        if n_jobs <= 1 or n_chunks == 1:
+            for i in range(n_chunks):
+                work(i)
+                bar.update()
+        else:
+            with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+                for _ in pool.map(work, range(n_chunks)):
+                    bar.update()
+
+
+def _column_block(X: np.ndarray | sp.csc_matrix, start: int, stop: int) -> np.ndarray:
+    if sp.issparse(X):
+        return X[:, start:stop].toarray()
+    return X[:, start:stop]
+
+
+def propagate(
+    A: sp.csr_matrix,
+    X0: np.ndarray | sp.spmatrix,
+    n_iter: int,
+    *,
+    hard: bool,
+    beta: float = 1.0,
+    chunk: int = DEFAULT_CHUNK,
+    n_jobs: int = 1,
+    desc: str = "propagate",
+    progress: bool = False,
+) -> np.ndarray:
+    """Hard or soft feature propagation of ``X0`` (nodes x features) on graph ``A``.
+
+    ``hard``: ``out = A @ out`` then the non-zeros of ``X0`` are put back.
+    soft: ``out = beta * (A @ out) + (1 - beta) * X0``. Both start from ``X0``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Dense float32, same shape as ``X0``; ``X0`` itself is not modified.
+    """
+    n, g = X0.shape
+    if sp.issparse(X0):
+        X0 = sp.csc_matrix(X0, dtype=np.float32)
+    out = np.empty((n, g), dtype=np.float32)
+    starts = list(range(0, g, chunk))
+
+    def load(i: int) -> tuple[np.ndarray, None]:
+        return _column_block(X0, starts[i], starts[i] + chunk), None
+
+    def store(i: int, block: np.ndarray) -> None:
+        out[:, starts[i] : starts[i] + chunk] = block
+
+    propagate_chunks(
+        A, len(starts), load, store, n_iter=n_iter, hard=hard, beta=beta,
+        n_jobs=n_jobs, desc=desc, progress=progress,
+    )
+    return out

@@ -1,0 +1,154 @@
+"""Input checks, done once at the boundary; every message names the problem and the fix."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+
+from ._pipeline import METHODS, Params
+
+KNN_MODES = ("auto", "exact")
+
+
+class InputError(ValueError):
+    """Bad input from the user: the message says what is wrong and how to fix it."""
+
+
+class CountsWarning(UserWarning):
+    """The matrix looks like raw counts where log-normalised expression is expected."""
+
+
+def get_matrix(adata: ad.AnnData, layer: str | None):
+    """``adata.X`` or ``adata.layers[layer]``, with a clear error for an unknown layer."""
+    if layer is None:
+        if adata.X is None:
+            raise InputError("adata.X is empty (None); pass layer= naming the layer to impute")
+        return adata.X
+    if layer not in adata.layers:
+        known = ", ".join(map(repr, adata.layers.keys())) or "none"
+        raise InputError(f"layer {layer!r} not found in adata.layers (available: {known}); pass one of them or layer=None for X")
+    return adata.layers[layer]
+
+
+def _as_float32(X) -> np.ndarray | sp.csr_matrix:
+    if isinstance(X, (ad.AnnData,)):
+        raise InputError("got an AnnData where a matrix was expected; use sccr.impute(adata) for AnnData")
+    if sp.issparse(X):
+        return sp.csr_matrix(X, dtype=np.float32)
+    if hasattr(X, "toarray") and not isinstance(X, np.ndarray):  # anndata backed/other array types
+        X = X.toarray()
+    X = np.asarray(X)
+    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise InputError(f"matrix has dtype {X.dtype}; expected numbers (float32 is best)")
+    return np.asarray(X, dtype=np.float32)
+
+
+def _values(X) -> np.ndarray:
+    return X.data if sp.issparse(X) else X
+
+
+def _check_shape_and_finite(X, what: str) -> None:
+    if X.ndim != 2:
+        raise InputError(f"{what} must be 2-D (cells x genes), got {X.ndim}-D")
+    n, g = X.shape
+    if n == 0 or g == 0:
+        raise InputError(f"{what} is empty ({n} cells x {g} genes); pass a matrix with cells and genes")
+    values = _values(X)
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).sum())
+        raise InputError(f"{what} contains {bad} NaN or infinite values; remove or replace them (e.g. np.nan_to_num) before imputing")
+    if values.size and values.min() < 0:
+        raise InputError(
+            f"{what} has negative values (min {values.min():.3g}); sccr needs non-negative "
+            "log-normalised expression: pass the layer before scaling/centering (e.g. not the output of sc.pp.scale)"
+        )
+
+
+def check_counts(X) -> sp.csr_matrix:
+    """Raw counts for preprocessing: finite, non-negative, float32 CSR."""
+    X = _as_float32(X)
+    _check_shape_and_finite(X, "count matrix")
+    return sp.csr_matrix(X)
+
+
+def check_expression(X, k: int) -> np.ndarray | sp.csr_matrix:
+    """Log-normalised expression for imputation: float32, dense or CSR, validated.
+
+    Warns (:class:`CountsWarning`) when the matrix looks like raw counts.
+    """
+    X = _as_float32(X)
+    _check_shape_and_finite(X, "expression matrix")
+    n = X.shape[0]
+    if n < k + 1:
+        raise InputError(f"only {n} cells for k={k} neighbours; need at least k + 1 = {k + 1} cells, or lower k")
+    values = _values(X)
+    nonzero = values[values != 0]
+    if nonzero.size and nonzero.max() > 1 and np.all(nonzero == np.round(nonzero)):
+        warnings.warn(
+            "the matrix holds only whole numbers: it looks like raw counts, but sccr expects "
+            "log-normalised expression; run sccr.pp.preprocess_paper(adata) or "
+            "sc.pp.normalize_total(adata) + sc.pp.log1p(adata) first",
+            CountsWarning,
+            stacklevel=3,
+        )
+    if sp.issparse(X):
+        X.eliminate_zeros()
+        X.sort_indices()
+    else:
+        X = np.ascontiguousarray(X)
+    return X
+
+
+def resolve_n_jobs(n_jobs: int | None) -> int:
+    """``None`` or ``-1``: every core this process may use."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if n_jobs is None or n_jobs == -1:
+        return available
+    if not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
+        raise InputError(f"n_jobs must be a positive integer, -1 or None, got {n_jobs!r}")
+    return int(n_jobs)
+
+
+def _check_int(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _check_fraction(name: str, value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise InputError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+def check_params(
+    *, method, k, k_gene, n_iter, alpha, beta, gamma, sym_final, knn, n_jobs, progress
+) -> Params:
+    """Validate the options of :func:`sccr.impute` and :class:`sccr.SCCR` into :class:`Params`."""
+    from ._progress import resolve_progress
+
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if knn not in KNN_MODES:
+        raise InputError(f"knn must be one of {', '.join(KNN_MODES)}; got {knn!r}")
+    return Params(
+        method=method,
+        k=_check_int("k", k, 1),
+        k_gene=_check_int("k_gene", k_gene, 1),
+        n_iter=_check_int("n_iter", n_iter, 0),
+        alpha=_check_fraction("alpha", alpha),
+        beta=_check_fraction("beta", beta),
+        gamma=_check_fraction("gamma", gamma),
+        sym_final=bool(sym_final),
+        knn=knn,
+        n_jobs=resolve_n_jobs(n_jobs),
+        progress=resolve_progress(progress),
+    )

@@ -1,0 +1,19 @@
+"""Versions recorded with every result."""
+
+from __future__ import annotations
+
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+_PACKAGES = ("sccr", "numpy", "scipy", "numba", "anndata", "scikit-learn")
+
+
+def versions() -> dict[str, str]:
+    """Python and the versions of the packages that change results."""
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out

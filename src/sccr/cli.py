@@ -1,0 +1,129 @@
+"""Command line: ``sccr impute``, ``sccr demo``.
+
+Exit codes: 0 success, 2 bad input or usage, 1 internal fault, 130 interrupted.
+Errors are one line on standard error, prefixed ``sccr: error:``; ``--debug``
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+
+from . import __version__
+
+EXIT_OK, EXIT_FAULT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2
+        self.exit(EXIT_USAGE, f"sccr: error: {message} (see '{self.prog} --help')\n")
+
+
+def _add_impute(sub) -> None:
+    p = sub.add_parser("impute", help="impute an .h5ad file", description="Impute INPUT.h5ad with scCR and write OUTPUT.h5ad (atomically; INPUT is never modified).")
+    p.add_argument("input", metavar="INPUT.h5ad")
+    p.add_argument("output", metavar="OUTPUT.h5ad")
+    p.add_argument("--layer", default=None, help="layer to impute instead of X")
+    p.add_argument("--key-added", default="sccr", help="name of the output layer, uns, obsp and varp entries (default: sccr)")
+    p.add_argument("--method", default="sccr", choices=["sccr", "scfp", "scbfp"], help="imputation method (default: sccr)")
+    p.add_argument("--k", type=int, default=15, help="neighbours per cell (default: 15)")
+    p.add_argument("--k-gene", type=int, default=2, help="neighbours per gene (default: 2)")
+    p.add_argument("--n-iter", type=int, default=40, help="propagation iterations (default: 40)")
+    p.add_argument("--alpha", type=float, default=0.05, help="pre-imputation weight in the blend (default: 0.05)")
+    p.add_argument("--beta", type=float, default=0.99, help="soft propagation weight (default: 0.99)")
+    p.add_argument("--gamma", type=float, default=0.01, help="blend weight in the output (default: 0.01)")
+    p.add_argument("--no-sym-final", action="store_true", help="do not symmetrise the final cell graph")
+    p.add_argument("--knn", default="auto", choices=["auto", "exact"], help="neighbour search (default: auto)")
+    p.add_argument("--preprocess", default="none", choices=["paper", "none"], help="'paper': INPUT holds raw counts, apply the paper's preprocessing first; 'none' (default): INPUT is log-normalised")
+    p.add_argument("--n-top-genes", type=int, default=2000, help="genes kept by --preprocess paper (default: 2000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--n-jobs", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="impute the bundled Worm Neuron data and score clustering", description="Run scCR on the bundled Worm Neuron data set (paper's preprocessing and settings) and print raw vs imputed clustering ARI/NMI/CA with time and peak memory.")
+    p.add_argument("--seeds", default="0,1,2", help="KMeans seeds, comma-separated (default: 0,1,2)")
+    p.add_argument("--n-jobs", type=int, default=None, help="threads (default: all cores)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sccr", description="scCR imputation of single-cell RNA-seq data (h5ad in, h5ad out).")
+    parser.add_argument("--version", action="version", version=f"sccr {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_impute(sub)
+    _add_demo(sub)
+    return parser
+
+
+def _impute(args) -> None:
+    from ._anndata import impute
+    from ._io import check_output_path, read_h5ad, write_h5ad_atomic
+    from ._preprocess import preprocess_paper
+
+    output = check_output_path(args.output, inputs=(args.input,), force=args.force)
+    echo = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    adata = read_h5ad(args.input)
+    layer = args.layer
+    if args.preprocess == "paper":
+        adata = preprocess_paper(adata, n_top_genes=args.n_top_genes, layer=layer)
+        layer = None
+        echo(f"preprocessed (paper): {adata.n_obs} cells x {adata.n_vars} genes")
+    start = time.perf_counter()
+    impute(
+        adata, layer=layer, key_added=args.key_added, method=args.method, k=args.k,
+        k_gene=args.k_gene, n_iter=args.n_iter, alpha=args.alpha, beta=args.beta,
+        gamma=args.gamma, sym_final=not args.no_sym_final, knn=args.knn,
+        random_state=args.seed, n_jobs=args.n_jobs, progress=False if args.quiet else None,
+    )
+    echo(f"imputed {adata.n_obs} cells x {adata.n_vars} genes with {args.method} in {time.perf_counter() - start:.2f} s")
+    write_h5ad_atomic(adata, output)
+    echo(f"wrote {output} (layer {args.key_added!r})")
+
+
+def _demo(args) -> None:
+    from ._demo import run_demo
+    from ._validation import InputError
+
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+    except ValueError:
+        raise InputError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    run_demo(seeds=seeds, n_jobs=args.n_jobs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ._validation import InputError
+
+    def warn_line(message, category, filename, lineno, file=None, line=None):
+        print(f"sccr: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = warn_line
+    try:
+        {"impute": _impute, "demo": _demo}[args.command](args)
+    except KeyboardInterrupt:
+        print("sccr: error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except InputError as err:
+        if args.debug:
+            raise
+        print(f"sccr: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"sccr: error: internal fault ({type(err).__name__}: {err}); rerun with --debug and report it", file=sys.stderr)
+        return EXIT_FAULT
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
