@@ -49,11 +49,14 @@ class Result:
     cell_graph: sp.csr_matrix
     gene_graph: sp.csr_matrix | None
     timings: dict[str, float] = field(default_factory=dict)
+    #: Multiply-adds done by each propagation stage (for throughput figures).
+    work: dict[str, int] = field(default_factory=dict)
 
 
 class _Timer:
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
+        self.work: dict[str, int] = {}
 
     @contextmanager
     def stage(self, name: str):
@@ -119,32 +122,30 @@ def propagate_over_genes(
     return out
 
 
-def _hard(A: sp.csr_matrix, X, p: Params, desc: str) -> np.ndarray:
-    return propagate(A, X, p.n_iter, hard=True, chunk=p.chunk, n_jobs=p.n_jobs, desc=desc, progress=p.progress)
-
-
-def _soft(A: sp.csr_matrix, X, p: Params, desc: str) -> np.ndarray:
-    return propagate(
-        A, X, p.n_iter, hard=False, beta=p.beta, chunk=p.chunk,
-        n_jobs=p.n_jobs, desc=desc, progress=p.progress,
-    )
+def _propagate_stage(t: _Timer, stage: str, A: sp.csr_matrix, X, p: Params, *, hard: bool, desc: str) -> np.ndarray:
+    with t.stage(stage):
+        out = propagate(
+            A, X, p.n_iter, hard=hard, beta=p.beta, chunk=p.chunk,
+            n_jobs=p.n_jobs, desc=desc, progress=p.progress,
+        )
+    t.work[stage] = int(A.nnz) * X.shape[1] * p.n_iter
+    return out
 
 
 def _run_sccr(X, p: Params, t: _Timer) -> Result:
     with t.stage("knn_cells_1"):
         A1 = knn_graph(X, p.k, sym=True)
-    with t.stage("hard_fp_1"):
-        D0 = _hard(A1, X, p, "pre-imputation")
+    D0 = _propagate_stage(t, "hard_fp_1", A1, X, p, hard=True, desc="pre-imputation")
     with t.stage("gene_graph"):
         mean, std = standardisation(D0)
         S = signed_gene_graph(D0, mean, std, p.k_gene)
     with t.stage("gene_fp"):
         C = propagate_over_genes(S, D0, X, mean, std, p)
+    t.work["gene_fp"] = int(S.nnz) * D0.shape[0] * p.n_iter
     with t.stage("knn_cells_2"):
         A2 = knn_graph(C, p.k, sym=True)
     del C
-    with t.stage("hard_fp_2"):
-        D1 = _hard(A2, X, p, "refined propagation")
+    D1 = _propagate_stage(t, "hard_fp_2", A2, X, p, hard=True, desc="refined propagation")
     with t.stage("blend"):
         B = D1
         B *= np.float32(1.0 - p.alpha)
@@ -152,37 +153,32 @@ def _run_sccr(X, p: Params, t: _Timer) -> Result:
     del D0, D1
     with t.stage("knn_cells_3"):
         A3 = knn_graph(B, p.k, sym=p.sym_final)
-    with t.stage("soft_fp"):
-        F = _soft(A3, X, p, "denoising")
+    F = _propagate_stage(t, "soft_fp", A3, X, p, hard=False, desc="denoising")
     with t.stage("output"):
         F *= np.float32(1.0 - p.gamma)
         F += np.float32(p.gamma) * B
-    return Result(F, A3, S, t.timings)
+    return Result(F, A3, S, t.timings, t.work)
 
 
 def _run_scfp(X, p: Params, t: _Timer) -> Result:
     with t.stage("knn_cells_1"):
         A1 = knn_graph(X, p.k, sym=True)
-    with t.stage("hard_fp_1"):
-        D0 = _hard(A1, X, p, "pre-imputation")
+    D0 = _propagate_stage(t, "hard_fp_1", A1, X, p, hard=True, desc="pre-imputation")
     with t.stage("knn_cells_2"):
         A2 = knn_graph(D0, p.k, sym=p.sym_final)
-    with t.stage("soft_fp"):
-        F = _soft(A2, D0, p, "denoising")
-    return Result(F, A2, None, t.timings)
+    F = _propagate_stage(t, "soft_fp", A2, D0, p, hard=False, desc="denoising")
+    return Result(F, A2, None, t.timings, t.work)
 
 
 def _run_scbfp(X, p: Params, t: _Timer) -> Result:
     with t.stage("gene_graph"):
         XT = X.T.tocsr() if sp.issparse(X) else X.T
         Ag = knn_graph(XT, p.k_gene, sym=True, norm="sym")
-    with t.stage("gene_fp"):
-        Dg = _hard(Ag, XT, p, "gene-wise propagation").T
+    Dg = _propagate_stage(t, "gene_fp", Ag, XT, p, hard=True, desc="gene-wise propagation").T
     with t.stage("knn_cells_1"):
         A = knn_graph(Dg, p.k, sym=p.sym_final)
-    with t.stage("soft_fp"):
-        F = _soft(A, Dg, p, "denoising")
-    return Result(F, A, Ag, t.timings)
+    F = _propagate_stage(t, "soft_fp", A, Dg, p, hard=False, desc="denoising")
+    return Result(F, A, Ag, t.timings, t.work)
 
 
 _RUNNERS = {"sccr": _run_sccr, "scfp": _run_scfp, "scbfp": _run_scbfp}
