@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import anndata as ad
 
-from ._pipeline import run
-from ._validation import check_expression, check_params, get_matrix
+from ._estimator import SCCR
+from ._validation import get_matrix
 from ._versions import versions
 
 
@@ -78,26 +78,20 @@ def impute(
     AnnData or None
         The new object if ``copy``, else ``None`` (``adata`` is updated in place).
     """
-    params = check_params(
-        method=method, k=k, k_gene=k_gene, n_iter=n_iter, alpha=alpha, beta=beta,
-        gamma=gamma, sym_final=sym_final, knn=knn, n_jobs=n_jobs, progress=progress,
+    model = SCCR(
+        method=method, k=k, k_gene=k_gene, n_iter=n_iter, alpha=alpha, beta=beta, gamma=gamma,
+        sym_final=sym_final, knn=knn, random_state=random_state, n_jobs=n_jobs, progress=progress,
     )
-    X = check_expression(get_matrix(adata, layer), params.k)
-    result = run(X, params)
+    model.fit(get_matrix(adata, layer))
 
     adata = adata.copy() if copy else adata
-    adata.layers[key_added] = result.imputed
-    adata.obsp[f"{key_added}_connectivities"] = result.cell_graph
-    if result.gene_graph is not None:
-        adata.varp[f"{key_added}_gene_graph"] = result.gene_graph
+    adata.layers[key_added] = model.imputed_
+    adata.obsp[f"{key_added}_connectivities"] = model.cell_graph_
+    if model.gene_graph_ is not None:
+        adata.varp[f"{key_added}_gene_graph"] = model.gene_graph_
     adata.uns[key_added] = {
-        "params": {
-            "layer": layer, "method": method, "k": params.k, "k_gene": params.k_gene,
-            "n_iter": params.n_iter, "alpha": params.alpha, "beta": params.beta,
-            "gamma": params.gamma, "sym_final": params.sym_final, "knn": knn,
-            "knn_used": "exact", "random_state": random_state, "n_jobs": params.n_jobs,
-        },
+        "params": {"layer": layer, **model.get_params(), "n_jobs": model.n_jobs_, "knn_used": "exact"},
         "versions": versions(),
-        "timings": result.timings,
+        "timings": model.timings_,
     }
     return adata if copy else None

@@ -26,6 +26,8 @@ class SCCR(TransformerMixin, BaseEstimator):
         (associating > 0, dissociating < 0), ``None`` for ``"scfp"``.
     timings_ : dict
         Seconds spent in each stage.
+    n_jobs_ : int
+        Threads used.
     n_features_in_ : int
         Number of genes seen in :meth:`fit`.
     """
@@ -71,6 +73,7 @@ class SCCR(TransformerMixin, BaseEstimator):
         self.cell_graph_ = result.cell_graph
         self.gene_graph_ = result.gene_graph
         self.timings_ = result.timings
+        self.n_jobs_ = params.n_jobs
         self.n_features_in_ = int(result.imputed.shape[1])
         return self
 

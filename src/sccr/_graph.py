@@ -45,26 +45,38 @@ def _cosine_blocks(Mn: np.ndarray | sp.csr_matrix) -> Iterator[tuple[int, np.nda
 
 
 def _exact_cosine(M: np.ndarray | sp.csr_matrix) -> Callable[[int, np.ndarray], np.ndarray]:
-    """``f(start, cols)``: float64 cosines of rows ``start..start + b`` with candidate rows ``cols``."""
+    """``f(start, cols)``: float64 cosines of rows ``start..start + b`` with candidate rows ``cols``.
+
+    Rows are normalised before the dot product (as in the specification), so
+    parallel rows get exactly equal similarities and the index tie-break applies.
+    """
     if sp.issparse(M):
-        M = M.astype(np.float64)
+        M = sp.csr_matrix(M, dtype=np.float64, copy=True)
         norms = np.sqrt(np.asarray(M.multiply(M).sum(axis=1)).ravel())
     else:
         norms = np.sqrt(np.einsum("ij,ij->i", M, M, dtype=np.float64))
+    divisor = np.where(norms > 0, norms, 1.0)  # all-zero rows stay zero
+    if sp.issparse(M):
+        M.data /= np.repeat(divisor, np.diff(M.indptr))
     step = max(1, SIMILARITY_BLOCK_ELEMENTS // (8 * max(M.shape[1], 1)))
 
-    def dots(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    def unit_rows(index: np.ndarray):
         if sp.issparse(M):
-            return np.asarray(M[rows].multiply(M[cols]).sum(axis=1)).ravel()
-        return np.einsum("ij,ij->i", M[rows].astype(np.float64), M[cols].astype(np.float64))
+            return M[index]
+        return M[index].astype(np.float64) / divisor[index, None]
+
+    def dots(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        left, right = unit_rows(rows), unit_rows(cols)
+        if sp.issparse(M):
+            return np.asarray(left.multiply(right).sum(axis=1)).ravel()
+        return np.einsum("ij,ij->i", left, right)
 
     def cosine(start: int, cols: np.ndarray) -> np.ndarray:
         b, c = cols.shape
         rows = np.repeat(np.arange(start, start + b), c)
         flat = cols.ravel()
         out = np.concatenate([dots(rows[s : s + step], flat[s : s + step]) for s in range(0, rows.size, step)])
-        denom = norms[rows] * norms[flat]
-        return np.divide(out, denom, out=np.zeros_like(out), where=denom > 0).reshape(b, c)
+        return out.reshape(b, c)
 
     return cosine
 

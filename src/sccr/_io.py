@@ -30,9 +30,14 @@ def read_h5ad(path: str | os.PathLike) -> ad.AnnData:
 def check_output_path(output: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = (), force: bool = False) -> Path:
     """Refuse an output that would overwrite an input, an existing file (unless ``force``) or sits in a missing folder."""
     output = Path(output)
-    for source in inputs:
-        if Path(source).resolve() == output.resolve() or (output.exists() and os.path.samefile(source, output)):
+    for source in map(Path, inputs):
+        same = source.resolve() == output.resolve() or (
+            source.exists() and output.exists() and os.path.samefile(source, output)
+        )
+        if same:
             raise InputError(f"output {str(output)!r} is the input file; choose another output path (the input is never modified)")
+    if output.is_dir():
+        raise InputError(f"output {str(output)!r} is a folder; pass a file path such as {str(output / 'imputed.h5ad')!r}")
     if output.exists() and not force:
         raise InputError(f"output {str(output)!r} already exists; choose another path or pass --force to replace it")
     folder = output.resolve().parent
@@ -41,6 +46,12 @@ def check_output_path(output: str | os.PathLike, *, inputs: tuple[str | os.PathL
     if not os.access(folder, os.W_OK):
         raise InputError(f"output folder {str(folder)!r} is not writable; choose another output path")
     return output
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_h5ad_atomic(adata: ad.AnnData, output: str | os.PathLike) -> None:
@@ -53,6 +64,7 @@ def write_h5ad_atomic(adata: ad.AnnData, output: str | os.PathLike) -> None:
     os.close(fd)
     try:
         adata.write_h5ad(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, output)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -96,8 +96,10 @@ def check_expression(X, k: int) -> np.ndarray | sp.csr_matrix:
             stacklevel=3,
         )
     if sp.issparse(X):
-        X.eliminate_zeros()
-        X.sort_indices()
+        if not X.has_canonical_format or (X.data == 0).any():
+            X = X.copy()  # never reorder or prune the caller's own matrix
+            X.sum_duplicates()
+            X.eliminate_zeros()
     else:
         X = np.ascontiguousarray(X)
     return X

@@ -1,0 +1,172 @@
+"""Feature propagation (ALGORITHM.md building block 2): sccr._propagation.propagate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import naive
+from sccr._graph import knn_graph
+from sccr._propagation import propagate
+
+
+@pytest.fixture
+def A(X):
+    return knn_graph(X, 5, sym=True)
+
+
+def test_hard_keeps_observed_entries_exactly(A, X):
+    out = propagate(A, X, 20, hard=True)
+    observed = X != 0
+    np.testing.assert_array_equal(out[observed], X[observed])
+    # ... and fills in (most of) the rest.
+    assert (out[~observed] > 0).mean() > 0.5
+
+
+@pytest.mark.parametrize("n_iter", [1, 2, 7, 40])
+def test_hard_equals_naive_loop(A, X, n_iter):
+    out = propagate(A, X, n_iter, hard=True)
+    np.testing.assert_allclose(out, naive.hard(A, X, n_iter), rtol=1e-5, atol=1e-6)
+
+
+def test_hard_one_step_by_hand():
+    A = sp.csr_matrix(np.array([[0.5, 0.5, 0], [0.25, 0.5, 0.25], [0, 0.5, 0.5]], dtype=np.float32))
+    X0 = np.array([[2.0, 0.0], [0.0, 4.0], [0.0, 0.0]], dtype=np.float32)
+    out = propagate(A, X0, 1, hard=True)
+    # A @ X0 = [[1, 2], [0.5, 2], [0, 2]], then the observed (2 at [0,0], 4 at [1,1]) come back.
+    np.testing.assert_array_equal(out, np.array([[2, 2], [0.5, 4], [0, 2]], dtype=np.float32))
+    out = propagate(A, X0, 2, hard=True)
+    # second step from [[2, 2], [0.5, 4], [0, 2]]: A @ . = [[1.25, 3], [0.75, 3], [0.25, 3]]
+    np.testing.assert_allclose(out, [[2, 3], [0.75, 4], [0.25, 3]], rtol=1e-7)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 0.99, 1.0])
+def test_soft_equals_naive_loop(A, X, beta):
+    out = propagate(A, X, 15, hard=False, beta=beta)
+    np.testing.assert_allclose(out, naive.soft(A, X, 15, beta), rtol=1e-5, atol=1e-6)
+
+
+def test_soft_one_step_by_hand():
+    A = sp.csr_matrix(np.array([[0.5, 0.5], [0.5, 0.5]], dtype=np.float32))
+    X0 = np.array([[2.0], [0.0]], dtype=np.float32)
+    out = propagate(A, X0, 1, hard=False, beta=0.75)
+    # 0.75 * [1, 1] + 0.25 * [2, 0]
+    np.testing.assert_allclose(out, [[1.25], [0.75]], rtol=1e-7)
+
+
+def test_soft_changes_observed_entries(A, X):
+    out = propagate(A, X, 10, hard=False, beta=0.9)
+    assert not np.allclose(out[X != 0], X[X != 0])
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
+@pytest.mark.parametrize("hard", [True, False])
+def test_chunked_equals_unchunked(A, X, chunk, hard):
+    whole = propagate(A, X, 12, hard=hard, beta=0.9, chunk=X.shape[1])
+    chunked = propagate(A, X, 12, hard=hard, beta=0.9, chunk=chunk)
+    np.testing.assert_array_equal(chunked, whole)
+
+
+@pytest.mark.parametrize("hard", [True, False])
+def test_threads_equal_single_thread(A, X, hard):
+    one = propagate(A, X, 12, hard=hard, beta=0.9, chunk=4, n_jobs=1)
+    two = propagate(A, X, 12, hard=hard, beta=0.9, chunk=4, n_jobs=2)
+    np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("hard", [True, False])
+def test_sparse_input_equals_dense(A, X, hard):
+    dense = propagate(A, X, 12, hard=hard, beta=0.9, chunk=7)
+    for fmt in (sp.csr_matrix, sp.csc_matrix, sp.coo_matrix):
+        np.testing.assert_array_equal(propagate(A, fmt(X), 12, hard=hard, beta=0.9, chunk=7), dense)
+
+
+def test_sparse_explicit_zeros_are_not_observed(A, X):
+    # Stored zeros must behave like missing entries, not like observed zeros.
+    coo = sp.coo_matrix(X)
+    extra_rows = np.array([0, 1])
+    extra_cols = np.array([np.flatnonzero(X[0] == 0)[0], np.flatnonzero(X[1] == 0)[0]])
+    Xs = sp.csr_matrix(
+        (np.r_[coo.data, 0.0, 0.0], (np.r_[coo.row, extra_rows], np.r_[coo.col, extra_cols])),
+        shape=X.shape, dtype=np.float32,
+    )
+    assert Xs.nnz == coo.nnz + 2
+    np.testing.assert_array_equal(propagate(A, Xs, 8, hard=True), propagate(A, X, 8, hard=True))
+
+
+@pytest.mark.parametrize("hard", [True, False])
+def test_zero_iterations_returns_input(A, X, hard):
+    out = propagate(A, X, 0, hard=hard, beta=0.5)
+    np.testing.assert_array_equal(out, X)
+    assert out is not X
+    np.testing.assert_array_equal(propagate(A, sp.csr_matrix(X), 0, hard=hard), X)
+
+
+def test_output_is_float32_dense(A, X):
+    out = propagate(A, sp.csr_matrix(X.astype(np.float64)), 3, hard=True)
+    assert isinstance(out, np.ndarray)
+    assert out.dtype == np.float32
+    assert out.shape == X.shape
+
+
+def test_input_not_mutated(A, X):
+    before = X.copy()
+    propagate(A, X, 5, hard=True)
+    propagate(A, X, 5, hard=False, beta=0.5, n_jobs=2, chunk=3)
+    np.testing.assert_array_equal(X, before)
+    Xs = sp.csr_matrix(X)
+    data, indices = Xs.data.copy(), Xs.indices.copy()
+    propagate(A, Xs, 5, hard=True, chunk=3)
+    np.testing.assert_array_equal(Xs.data, data)
+    np.testing.assert_array_equal(Xs.indices, indices)
+    a_data = A.data.copy()
+    propagate(A, X, 5, hard=True)
+    np.testing.assert_array_equal(A.data, a_data)
+
+
+def test_noncontiguous_input(A, X):
+    Xf = np.asfortranarray(X)
+    np.testing.assert_array_equal(propagate(A, Xf, 6, hard=True, chunk=4), propagate(A, X, 6, hard=True, chunk=4))
+    wide = np.repeat(X, 2, axis=1)[:, ::2]  # a strided view equal to X
+    np.testing.assert_array_equal(propagate(A, wide, 6, hard=True, chunk=4), propagate(A, X, 6, hard=True, chunk=4))
+
+
+def test_columns_propagate_independently(A, X):
+    full = propagate(A, X, 9, hard=True, chunk=5)
+    single = propagate(A, X[:, [11]], 9, hard=True)
+    np.testing.assert_array_equal(full[:, [11]], single)
+
+
+# --- property-based: random graphs, shapes, chunkings ---------------------------------
+
+
+
+def random_graph(rng, n: int, density: float) -> sp.csr_matrix:
+    W = rng.random((n, n)) * (rng.random((n, n)) < density) + np.eye(n)
+    return sp.csr_matrix((W / W.sum(axis=1, keepdims=True)).astype(np.float32))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(1, 25),
+    g=st.integers(1, 12),
+    n_iter=st.integers(0, 6),
+    chunk=st.integers(1, 13),
+    n_jobs=st.sampled_from([1, 2]),
+    hard=st.booleans(),
+    beta=st.floats(0.0, 1.0),
+)
+def test_random_inputs_equal_naive(seed, n, g, n_iter, chunk, n_jobs, hard, beta):
+    rng = np.random.default_rng(seed)
+    A = random_graph(rng, n, 0.3)
+    X0 = (rng.random((n, g)) * (rng.random((n, g)) < 0.4)).astype(np.float32)
+    out = propagate(A, X0, n_iter, hard=hard, beta=beta, chunk=chunk, n_jobs=n_jobs)
+    expected = naive.hard(A, X0, n_iter) if hard else naive.soft(A, X0, n_iter, np.float32(beta))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    if hard:
+        np.testing.assert_array_equal(out[X0 != 0], X0[X0 != 0])
+    np.testing.assert_array_equal(out, propagate(A, X0, n_iter, hard=hard, beta=beta, chunk=g, n_jobs=1))
