@@ -13,6 +13,13 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import scipy.sparse as sp
 
+#: Float32 products of unit vectors are this close to exact (far below for d < 10^5):
+#: candidates within it of the k-th similarity are re-ranked on exact values.
+CANDIDATE_TOLERANCE = 1e-4
+#: At most this many candidates beyond k + 1 per row are re-ranked exactly; with more
+#: tied rows than that (mass duplicates), the float32 order picks among the rest.
+MAX_EXTRA_CANDIDATES = 256
+
 #: Number of similarities held at once by the blockwise search (32 MiB of float32).
 SIMILARITY_BLOCK_ELEMENTS = 1 << 23
 
@@ -76,7 +83,10 @@ def _exact_cosine(M: np.ndarray | sp.csr_matrix) -> Callable[[int, np.ndarray], 
         rows = np.repeat(np.arange(start, start + b), c)
         flat = cols.ravel()
         out = np.concatenate([dots(rows[s : s + step], flat[s : s + step]) for s in range(0, rows.size, step)])
-        return out.reshape(b, c)
+        # Rounded to float32: mathematically equal cosines (parallel or duplicated
+        # rows) become bitwise equal whatever the summation order, so the index
+        # tie-break decides, not rounding noise.
+        return out.reshape(b, c).astype(np.float32)
 
     return cosine
 
@@ -112,27 +122,43 @@ def top_neighbours(
     signed
         Rank by absolute value instead of value (the signed gene graph).
     exact
-        ``exact(start, cols)`` recomputes the similarities of candidate columns
-        precisely; the block then only proposes ``n_neighbours + margin``
-        candidates, so float32 rounding cannot reorder near-ties.
+        ``exact(start, cols)`` recomputes the similarities of the candidate
+        columns precisely, so the rounding of the block cannot reorder near-ties.
+    margin
+        Extra candidates taken from each block row before the final ranking.
 
     Returns
     -------
     indices, values
         ``n x n_neighbours`` arrays, ordered by decreasing rank within each row;
-        equal similarities are broken towards the lower column index.
+        equal similarities go to the lower column index (signed: positive
+        before negative, then the lower column index, which is the order of
+        the concatenated ``[Z, -Z]`` graph).
     """
     m = min(n_neighbours, n)
-    n_candidates = min(n, m + margin) if exact is not None else m
     indices = np.empty((n, m), dtype=np.int64)
     values = np.empty((n, m), dtype=np.float32)
     for start, S in blocks:
         b = S.shape[0]
         rows = np.arange(b)[:, None]
-        cols = _candidates(np.abs(S) if signed else S, n_candidates)
+        block_key = np.abs(S) if signed else S
+        n_candidates = min(n, m + margin)
+        if exact is not None:
+            # Every entry within rounding distance of the m-th largest is a
+            # candidate, so exact ties (duplicated rows) are all re-ranked.
+            # Ties at or below 0 do not matter (such weights are clipped to 0),
+            # and at most MAX_EXTRA_CANDIDATES more are taken, which bounds the cost.
+            kth = -np.partition(-block_key, m - 1, axis=1)[:, m - 1]
+            floor = np.maximum(kth - CANDIDATE_TOLERANCE, np.finfo(np.float32).tiny)
+            near = int((block_key >= floor[:, None]).sum(axis=1).max())
+            n_candidates = min(n, max(n_candidates, min(near, m + MAX_EXTRA_CANDIDATES)))
+        cols = _candidates(block_key, n_candidates)
         sims = exact(start, cols) if exact is not None else S[rows, cols]
         key = np.abs(sims) if signed else sims
-        order = np.lexsort((cols, -key), axis=1)[:, :m]
+        # Ties: lower column first; signed, positive before negative (node h
+        # before node G + h in the concatenated graph), then lower column.
+        tiebreak = cols + n * (sims < 0) if signed else cols
+        order = np.lexsort((tiebreak, -key), axis=1)[:, :m]
         indices[start : start + b] = cols[rows, order]
         values[start : start + b] = sims[rows, order]
     return indices, values
@@ -210,7 +236,7 @@ def _standardised_gram_blocks(
         stop = min(g, start + block)
         gram = np.zeros((stop - start, g), dtype=np.float64)
         for c0 in range(0, n, cell_chunk):
-            Z = (D[c0 : c0 + cell_chunk] - mean) / scale
+            Z = ((D[c0 : c0 + cell_chunk] - mean) / scale).astype(np.float64)
             gram += Z[:, start:stop].T @ Z
         yield start, gram
 
