@@ -91,7 +91,7 @@ def check_expression(X, k: int) -> np.ndarray | sp.csr_matrix:
         warnings.warn(
             "the matrix holds only whole numbers: it looks like raw counts, but sccr expects "
             "log-normalised expression; run sccr.pp.preprocess_paper(adata) or "
-            "sc.pp.normalize_total(adata) + sc.pp.log1p(adata) first",
+            "sc.pp.normalize_total(adata) + sc.pp.log1p(adata) first (command line: --preprocess paper)",
             CountsWarning,
             stacklevel=3,
         )
