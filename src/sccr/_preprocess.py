@@ -59,10 +59,10 @@ def preprocess_paper(
         A new object: log-normalised float32 CSR in ``X``, the selected raw counts
         in ``layers['counts']``, the steps recorded in ``uns['sccr_preprocess']``.
     """
-    from ._validation import InputError, check_counts, get_matrix
+    from ._validation import _check_int, check_counts, get_matrix
 
-    if genes is None and (isinstance(n_top_genes, bool) or not isinstance(n_top_genes, (int, np.integer)) or n_top_genes < 1):
-        raise InputError(f"n_top_genes must be a positive integer, got {n_top_genes!r}")
+    if genes is None:
+        _check_int("n_top_genes", n_top_genes, 1)
     counts = check_counts(get_matrix(adata, layer))
     n_cells0, n_genes0 = counts.shape
     cell_ok = _totals(counts) >= 1
