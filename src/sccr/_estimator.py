@@ -68,7 +68,7 @@ class SCCR(TransformerMixin, BaseEstimator):
             alpha=self.alpha, beta=self.beta, gamma=self.gamma, sym_final=self.sym_final,
             knn=self.knn, n_jobs=self.n_jobs, progress=self.progress,
         )
-        result = run(check_expression(X, params.k), params)
+        result = run(check_expression(X, params), params)
         self.imputed_ = result.imputed
         self.cell_graph_ = result.cell_graph
         self.gene_graph_ = result.gene_graph
