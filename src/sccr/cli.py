@@ -98,6 +98,10 @@ def _demo(args) -> None:
     run_demo(seeds=seeds, n_jobs=args.n_jobs)
 
 
+def _one_line(message: object) -> str:
+    return " ".join(str(message).splitlines())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -115,12 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         if args.debug:
             raise
-        print(f"sccr: error: {err}", file=sys.stderr)
+        print(f"sccr: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as err:
         if args.debug:
             raise
-        print(f"sccr: error: internal fault ({type(err).__name__}: {err}); rerun with --debug and report it", file=sys.stderr)
+        print(f"sccr: error: internal fault ({type(err).__name__}: {_one_line(err)}); rerun with --debug and report it", file=sys.stderr)
         return EXIT_FAULT
     return EXIT_OK
 
