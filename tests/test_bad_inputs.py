@@ -410,6 +410,31 @@ def test_ctrl_c_exits_130_and_leaves_nothing(where, tmp_path, capsys, monkeypatc
     assert leftovers(tmp_path) == set() and digest(src) == before
 
 
+def test_ctrl_c_in_a_threaded_stage_drops_the_queued_chunks(monkeypatch):
+    """Ctrl-C reaches the main thread while it waits for chunks; the queued ones must not run."""
+    import contextlib
+    import time
+
+    from sccr import _propagation
+
+    class InterruptedBar:
+        def update(self):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_propagation, "stage_bar", lambda *a: contextlib.nullcontext(InterruptedBar()))
+    loaded = []
+
+    def load(i):
+        loaded.append(i)
+        time.sleep(0.01)  # lets the main thread run while a chunk is in flight
+        return np.ones((50, 4), np.float32), None
+
+    with pytest.raises(KeyboardInterrupt):
+        _propagation.propagate_chunks(sp.identity(50, format="csr", dtype=np.float32), 100, load,
+                                      lambda i, block: None, n_iter=1, hard=True, n_jobs=2)
+    assert len(loaded) <= 5  # the chunk that finished and those in flight, not all 100
+
+
 def test_internal_fault_exits_1_with_report_hint(tmp_path, capsys, monkeypatch):
     src, before = write_input(tmp_path, expression())
 
