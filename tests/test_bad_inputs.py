@@ -473,3 +473,44 @@ def test_subprocess_error_has_no_traceback(damage, phrase, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("sccr: error:")]
     assert len(errors) == 1 and phrase in errors[0] and "Traceback" not in proc.stderr, proc.stderr
     assert digest(src) == before and leftovers(tmp_path) == set()
+
+
+# --- docs/errors.md lists every message ------------------------------------------------------
+
+
+def message_heads(source: str) -> list[str]:
+    """For every ``raise InputError(...)`` and ``warnings.warn(...)``: the start of its fixed text.
+
+    That is the first 25 characters of the longest literal part of the message
+    before its first ';' (the problem, without the fix or the values).
+    """
+    import ast
+
+    heads = []
+    for call in ast.walk(ast.parse(source)):
+        if not isinstance(call, ast.Call) or not call.args or ast.unparse(call.func) not in ("InputError", "warnings.warn"):
+            continue
+        parts = call.args[0].values if isinstance(call.args[0], ast.JoinedStr) else [call.args[0]]
+        chunks, done = [""], False
+        for part in parts:
+            if done:
+                break
+            if isinstance(part, ast.Constant):
+                text, _, rest = part.value.partition(";")
+                chunks[-1] += text
+                done = bool(rest) or text != part.value
+            else:
+                chunks.append("")
+        heads.append(max(chunks, key=len).strip()[:25])
+    return heads
+
+
+def test_docs_list_every_message():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    docs = (root / "docs" / "errors.md").read_text()
+    heads = [head for path in sorted((root / "src" / "sccr").glob("*.py")) for head in message_heads(path.read_text())]
+    assert len(heads) >= 35
+    missing = [head for head in heads if head not in docs]
+    assert missing == [], missing
