@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -300,7 +301,7 @@ def test_backed_anndata_refused_with_fix(adata, tmp_path, mode):
     backed = ad.read_h5ad(tmp_path / "a.h5ad", backed=mode)
     try:
         for layer in (None, "log"):
-            with pytest.raises(sccr.InputError, match=r"backed.*adata = adata.to_memory\(\)"):
+            with pytest.raises(sccr.InputError, match=r"backed by the file .*a\.h5ad.*adata = adata.to_memory\(\)"):
                 sccr.impute(backed, layer=layer, **API)
         with pytest.raises(sccr.InputError, match="to_memory"):
             sccr.pp.preprocess_paper(backed)
@@ -433,6 +434,43 @@ def test_ctrl_c_in_a_threaded_stage_drops_the_queued_chunks(monkeypatch):
         _propagation.propagate_chunks(sp.identity(50, format="csr", dtype=np.float32), 100, load,
                                       lambda i, block: None, n_iter=1, hard=True, n_jobs=2)
     assert len(loaded) <= 5  # the chunk that finished and those in flight, not all 100
+
+
+DRIVER = """
+import signal, sys
+import anndata as ad
+import sccr.cli
+
+def stalled_write(self, filename, *args, **kwargs):
+    with open(filename, "wb") as f:
+        f.write(b"partial")
+    print("writing", flush=True)
+    signal.pause()  # until the test sends its signal
+
+ad.AnnData.write_h5ad = stalled_write
+sys.argv = ["sccr", *sys.argv[1:]]
+sccr.cli.entry()
+"""
+
+
+@pytest.mark.parametrize("signum,code,word", [
+    (signal.SIGINT, 130, "interrupted"),
+    (signal.SIGTERM, 143, "terminated"),
+])
+def test_signal_during_write_leaves_nothing(signum, code, word, tmp_path):
+    """A real Ctrl-C, or a scheduler's SIGTERM, while OUTPUT is half written."""
+    src, before = write_input(tmp_path, expression())
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, "impute", str(src), str(tmp_path / "out.h5ad"), *CLI],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        assert leftovers(tmp_path) != set()  # the temporary file exists now
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == code and err.strip() == f"sccr: error: {word}", err
+    assert leftovers(tmp_path) == set() and digest(src) == before
 
 
 def test_internal_fault_exits_1_with_report_hint(tmp_path, capsys, monkeypatch):

@@ -92,15 +92,18 @@ def estimate_peak_bytes(
     n, g = int(n_cells), int(n_genes)
     dense = 4 * n * g * DENSE_COPIES[method]
     # Sparse input: the normalised float32 copy and the float64 copy of the exact
-    # re-ranking (knn), the CSC copy of every cell-wise propagation.
-    sparse = 0 if nnz is None else 20 * int(nnz)
+    # re-ranking (knn), the CSC copy of every cell-wise propagation, and the rows of a
+    # similarity block made dense.
+    block_rows = min(n, max(1, SIMILARITY_BLOCK_ELEMENTS // max(n, 1)))
+    sparse = 0 if nnz is None else 20 * int(nnz) + 4 * block_rows * g
     cell_graphs = {"sccr": 3, "scfp": 2, "scbfp": 1}[method]
     graphs = (GRAPH_BUILD_BYTES + cell_graphs * GRAPH_KEPT_BYTES * 2) * n * (k + 1)
     gene_graph = (GRAPH_BUILD_BYTES + GRAPH_KEPT_BYTES * 2) * g * (k_gene + 1) if method != "scfp" else 0
     block = BLOCK_COPIES * 4 * min(SIMILARITY_BLOCK_ELEMENTS, max(n, g) ** 2)
-    # Gene-gene correlations (while only D0 is held): chunks of 4096 cells standardised
-    # in float32 and float64, and the float64 correlation blocks.
-    gene_stage = 4 * n * g + 16 * min(n, 4096) * g + 3 * 4 * SIMILARITY_BLOCK_ELEMENTS if method == "sccr" else 0
+    # Gene-gene correlations (while only D0 is held): chunks of up to 4096 cells
+    # standardised in float32 and float64, with float64 products (measured: about 30
+    # bytes per cell x gene of a chunk), and the correlation blocks.
+    gene_stage = 4 * n * g + 32 * min(n, 4096) * g + 2 * 4 * SIMILARITY_BLOCK_ELEMENTS if method == "sccr" else 0
     # Each thread propagates one block of 64 columns: start, current, next, anchor, output, mask.
     nodes = max(n, g)
     threads = n_jobs * (21 * nodes * max(DEFAULT_CHUNK, GENE_STAGE_CELL_CHUNK))

@@ -33,7 +33,7 @@ def get_matrix(adata: ad.AnnData, layer: str | None):
     """``adata.X`` or ``adata.layers[layer]`` of an in-memory AnnData, with a clear error otherwise."""
     if adata.isbacked:
         raise InputError(
-            f"adata is backed (opened with backed={adata.file._filemode!r}) and sccr needs it in memory; "
+            f"adata is backed by the file {str(adata.filename)!r} and sccr needs it in memory; "
             "load it with adata = adata.to_memory() first"
         )
     if layer is None:
