@@ -61,7 +61,7 @@ def one_case(dataset: str, n_genes: int, tile: int, method: str, layout: str, n_
         X = X.toarray()
     p = check_params(method=method, k=15, k_gene=2, n_iter=40, alpha=0.05, beta=0.99, gamma=0.01,
                      sym_final=True, knn="auto", n_jobs=n_jobs, progress=False)
-    X = check_expression(X, p)
+    X = check_expression(X, p.k)
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
     before = _status_kib("VmRSS") * 1024

@@ -45,7 +45,7 @@ def one_run(n_jobs: int) -> dict:
     params = check_params(method="sccr", k=15, k_gene=2, n_iter=40, alpha=0.05, beta=0.99, gamma=0.01,
                           sym_final=False, knn="auto", n_jobs=n_jobs, progress=False)
     start = time.perf_counter()
-    result = run(check_expression(adata.X, params), params)
+    result = run(check_expression(adata.X, params.k), params)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "timings": result.timings, "work": result.work,
             "peak_rss_mb": peak_rss_mb(), "peak_rss_before_impute_mb": rss_before}

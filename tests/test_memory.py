@@ -56,7 +56,7 @@ def test_sparse_input_costs_its_copies():
 
 
 def test_refusal_names_estimate_available_and_fixes(tiny_machine):
-    X = check_expression(make_expression(seed=2), params(k=5))
+    X = check_expression(make_expression(seed=2), 5)
     with pytest.raises(sccr.InputError) as err:
         check_memory(X, params(k=5))
     message = str(err.value)
@@ -95,12 +95,12 @@ def test_environment_variable_skips_the_guard(tiny_machine, monkeypatch):
 def test_unknown_available_memory_skips_the_guard(monkeypatch):
     monkeypatch.delenv(SKIP_ENV, raising=False)
     monkeypatch.setattr(_memory, "available_bytes", lambda: None)
-    check_memory(check_expression(make_expression(seed=2), params(k=5)), params(k=5))
+    check_memory(check_expression(make_expression(seed=2), 5), params(k=5))
 
 
 def test_enough_memory_passes(monkeypatch):
     monkeypatch.delenv(SKIP_ENV, raising=False)
-    X = check_expression(make_expression(seed=2), params(k=5))
+    X = check_expression(make_expression(seed=2), 5)
     need = estimate_peak_bytes(*X.shape, None, method="sccr", k=5, k_gene=2, n_jobs=2)
     monkeypatch.setattr(_memory, "available_bytes", lambda: need)
     check_memory(X, params(k=5))

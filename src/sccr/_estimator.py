@@ -73,7 +73,7 @@ class SCCR(TransformerMixin, BaseEstimator):
             alpha=self.alpha, beta=self.beta, gamma=self.gamma, sym_final=self.sym_final,
             knn=self.knn, n_jobs=self.n_jobs, progress=self.progress,
         )
-        X = check_expression(X, params)
+        X = check_expression(X, params.k, k_gene=None if params.method == "scfp" else params.k_gene)
         check_memory(X, params)
         result = run(X, params)
         self.imputed_ = result.imputed

@@ -148,21 +148,23 @@ def _check_empty_cells_and_genes(X) -> None:
         )
 
 
-def check_expression(X, p: Params) -> np.ndarray | sp.csr_matrix:
-    """Log-normalised expression for imputation with options ``p``: float32, dense or CSR, validated.
+def check_expression(X, k: int, *, k_gene: int | None = None) -> np.ndarray | sp.csr_matrix:
+    """Log-normalised expression for imputation with ``k`` cell neighbours: float32, dense or CSR, validated.
 
-    Warns (:class:`CountsWarning`) when the matrix looks like raw counts and
-    (:class:`InputWarning`) when cells or genes are zero everywhere.
+    ``k_gene``: neighbours per gene when the method builds a gene graph (then at
+    least ``k_gene + 1`` genes are needed). Warns (:class:`CountsWarning`) when the
+    matrix looks like raw counts and (:class:`InputWarning`) when cells or genes are
+    zero everywhere.
     """
     X = _as_float32(X)
     _check_shape_and_finite(X, "expression matrix")
     n, g = X.shape
-    if n < p.k + 1:
-        raise InputError(f"only {n} cells for k={p.k} neighbours; need at least k + 1 = {p.k + 1} cells, or lower k")
+    if n < k + 1:
+        raise InputError(f"only {n} cells for k={k} neighbours; need at least k + 1 = {k + 1} cells, or lower k")
     if g < 2:
         raise InputError("only 1 gene: cosine similarity between cells needs at least 2 genes; pass more genes")
-    if p.method != "scfp" and g < p.k_gene + 1:
-        raise InputError(f"only {g} genes for k_gene={p.k_gene} neighbours; need at least k_gene + 1 = {p.k_gene + 1} genes, or lower k_gene")
+    if k_gene is not None and g < k_gene + 1:
+        raise InputError(f"only {g} genes for k_gene={k_gene} neighbours; need at least k_gene + 1 = {k_gene + 1} genes, or lower k_gene")
     values = _values(X)
     nonzero = values[values != 0]
     if nonzero.size and nonzero.max() > 1 and np.all(nonzero == np.round(nonzero)):
