@@ -194,9 +194,3 @@ def test_all_zero_gene_and_cell(X):
     D0 = propagate(knn_graph(X, 5, sym=True), X, 10, hard=True)
     np.testing.assert_array_equal(D0[7], 0.0)
     np.testing.assert_array_equal(D0[:, 3], 0.0)
-
-
-def test_single_gene():
-    X = make_expression(40, 1, seed=4)
-    out = impute(X)
-    assert out.shape == (40, 1) and np.isfinite(out).all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anndata as ad
 
 from ._estimator import SCCR
-from ._validation import get_matrix
+from ._validation import check_key_added, get_matrix, warn_duplicate_names
 from ._versions import versions
 
 
@@ -39,7 +39,8 @@ def impute(
     layer
         Layer to impute instead of ``X``.
     key_added
-        Name of the outputs: ``layers[key_added]`` (imputed, dense float32),
+        Name of the outputs (entries of that name are replaced, as in scanpy):
+        ``layers[key_added]`` (imputed, dense float32),
         ``uns[key_added]`` (parameters, versions, timings),
         ``obsp[key_added + '_connectivities']`` (final cell graph) and, except for
         scFP, ``varp[key_added + '_gene_graph']`` (gene-gene graph; for scCR signed:
@@ -71,18 +72,23 @@ def impute(
     progress
         Progress bar per stage (``None``: only on a terminal).
     copy
-        Return a new AnnData and leave ``adata`` untouched.
+        Return a new AnnData and leave ``adata`` untouched. With ``copy=False`` a
+        view becomes an actual AnnData (anndata's ``ImplicitModificationWarning``),
+        as in scanpy; its parent is not modified.
 
     Returns
     -------
     AnnData or None
         The new object if ``copy``, else ``None`` (``adata`` is updated in place).
     """
+    check_key_added(key_added, layer)
+    X = get_matrix(adata, layer)
+    warn_duplicate_names(adata)
     model = SCCR(
         method=method, k=k, k_gene=k_gene, n_iter=n_iter, alpha=alpha, beta=beta, gamma=gamma,
         sym_final=sym_final, knn=knn, random_state=random_state, n_jobs=n_jobs, progress=progress,
     )
-    model.fit(get_matrix(adata, layer))
+    model.fit(X)
 
     adata = adata.copy() if copy else adata
     adata.layers[key_added] = model.imputed_

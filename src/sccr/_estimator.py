@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from ._memory import check_memory
 from ._pipeline import run
 from ._validation import check_expression, check_params
 
@@ -62,13 +63,19 @@ class SCCR(TransformerMixin, BaseEstimator):
         self.progress = progress
 
     def fit(self, X, y=None) -> SCCR:
-        """Impute ``X`` (cells x genes, log-normalised, non-negative)."""
+        """Impute ``X`` (cells x genes, log-normalised, non-negative).
+
+        Refuses (:class:`~sccr.InputError`) a run estimated to need more memory than
+        is available; set ``SCCR_SKIP_MEMORY_CHECK=1`` to skip that check.
+        """
         params = check_params(
             method=self.method, k=self.k, k_gene=self.k_gene, n_iter=self.n_iter,
             alpha=self.alpha, beta=self.beta, gamma=self.gamma, sym_final=self.sym_final,
             knn=self.knn, n_jobs=self.n_jobs, progress=self.progress,
         )
-        result = run(check_expression(X, params.k), params)
+        X = check_expression(X, params.k, k_gene=None if params.method == "scfp" else params.k_gene)
+        check_memory(X, params)
+        result = run(X, params)
         self.imputed_ = result.imputed
         self.cell_graph_ = result.cell_graph
         self.gene_graph_ = result.gene_graph

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -21,10 +22,15 @@ def read_h5ad(path: str | os.PathLike) -> ad.AnnData:
         raise InputError(f"input {str(path)!r} is a folder; pass an .h5ad file")
     if not h5py.is_hdf5(path):
         raise InputError(f"input {str(path)!r} is not an HDF5/.h5ad file; convert it with anndata (e.g. sc.read_10x_mtx(...).write_h5ad(...))")
-    try:
-        return ad.read_h5ad(path)
-    except Exception as err:  # anndata raises many types for damaged files
-        raise InputError(f"cannot read {str(path)!r} as AnnData ({type(err).__name__}: {err}); the file may be truncated or corrupt") from err
+    with warnings.catch_warnings(record=True) as caught:  # a damaged file warns on its way to failing
+        warnings.simplefilter("always")
+        try:
+            adata = ad.read_h5ad(path)
+        except Exception as err:  # anndata raises many types for damaged files
+            raise InputError(f"cannot read {str(path)!r} as AnnData ({type(err).__name__}: {err}); the file may be truncated or corrupt") from err
+    for w in caught:  # the file was readable: its warnings are worth showing
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return adata
 
 
 def check_output_path(output: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = (), force: bool = False) -> Path:

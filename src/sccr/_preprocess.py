@@ -59,7 +59,7 @@ def preprocess_paper(
         A new object: log-normalised float32 CSR in ``X``, the selected raw counts
         in ``layers['counts']``, the steps recorded in ``uns['sccr_preprocess']``.
     """
-    from ._validation import _check_int, check_counts, get_matrix
+    from ._validation import InputError, _check_int, check_counts, get_matrix
 
     if genes is None:
         _check_int("n_top_genes", n_top_genes, 1)
@@ -72,7 +72,7 @@ def preprocess_paper(
     if genes is not None:
         missing = [name for name in genes if name not in set(var_names)]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"{len(missing)} of the requested genes are absent or have no counts "
                 f"(first: {missing[:3]}); pass genes present in adata.var_names"
             )

@@ -18,12 +18,24 @@ class InputError(ValueError):
     """Bad input from the user: the message says what is wrong and how to fix it."""
 
 
-class CountsWarning(UserWarning):
+class InputWarning(UserWarning):
+    """Input that sccr can impute but that is probably not what the user meant.
+
+    ``warnings.simplefilter("error", sccr.InputWarning)`` turns every such case into an error.
+    """
+
+
+class CountsWarning(InputWarning):
     """The matrix looks like raw counts where log-normalised expression is expected."""
 
 
 def get_matrix(adata: ad.AnnData, layer: str | None):
-    """``adata.X`` or ``adata.layers[layer]``, with a clear error for an unknown layer."""
+    """``adata.X`` or ``adata.layers[layer]`` of an in-memory AnnData, with a clear error otherwise."""
+    if adata.isbacked:
+        raise InputError(
+            f"adata is backed by the file {str(adata.filename)!r} and sccr needs it in memory; "
+            "load it with adata = adata.to_memory() first"
+        )
     if layer is None:
         if adata.X is None:
             raise InputError("adata.X is empty (None); pass layer= naming the layer to impute")
@@ -34,17 +46,45 @@ def get_matrix(adata: ad.AnnData, layer: str | None):
     return adata.layers[layer]
 
 
+def check_key_added(key_added, layer: str | None) -> str:
+    """A name usable for the output layer, uns, obsp and varp entries, distinct from the input layer."""
+    if not isinstance(key_added, str) or not key_added or "/" in key_added:
+        raise InputError(f"key_added must be a non-empty name without '/', got {key_added!r}")
+    if key_added == layer:
+        raise InputError(f"key_added={key_added!r} would overwrite the input layer; choose another key_added")
+    return key_added
+
+
+def warn_duplicate_names(adata: ad.AnnData) -> None:
+    """Warn when cell or gene names repeat: imputation works by position, but lookups by name become ambiguous."""
+    for axis, names in (("obs", adata.obs_names), ("var", adata.var_names)):
+        if not names.is_unique:
+            warnings.warn(
+                f"{int(names.duplicated().sum())} duplicate {axis}_names (first: {names[names.duplicated()][0]!r}); "
+                f"sccr imputes by position, but results looked up by name are ambiguous: call adata.{axis}_names_make_unique() first",
+                InputWarning,
+                stacklevel=3,
+            )
+
+
 def _as_float32(X) -> np.ndarray | sp.csr_matrix:
     if isinstance(X, (ad.AnnData,)):
         raise InputError("got an AnnData where a matrix was expected; use sccr.impute(adata) for AnnData")
     if sp.issparse(X):
+        _check_real(X)
         return sp.csr_matrix(X, dtype=np.float32)
     if hasattr(X, "toarray") and not isinstance(X, np.ndarray):  # anndata backed/other array types
         X = X.toarray()
     X = np.asarray(X)
     if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
         raise InputError(f"matrix has dtype {X.dtype}; expected numbers (float32 is best)")
+    _check_real(X)
     return np.asarray(X, dtype=np.float32)
+
+
+def _check_real(X) -> None:
+    if X.dtype.kind == "c":
+        raise InputError(f"matrix has complex dtype {X.dtype}; pass real expression values (e.g. np.abs(X) or X.real)")
 
 
 def _values(X) -> np.ndarray:
@@ -75,16 +115,56 @@ def check_counts(X) -> sp.csr_matrix:
     return sp.csr_matrix(X)
 
 
-def check_expression(X, k: int) -> np.ndarray | sp.csr_matrix:
-    """Log-normalised expression for imputation: float32, dense or CSR, validated.
+def _observed_per_cell_and_gene(X) -> tuple[np.ndarray, np.ndarray]:
+    """Non-zero entries per row and per column of canonical CSR or dense ``X``."""
+    if sp.issparse(X):
+        return np.diff(X.indptr), np.bincount(X.indices, minlength=X.shape[1])
+    cells = np.empty(X.shape[0], dtype=np.int64)
+    genes = np.zeros(X.shape[1], dtype=np.int64)
+    for start in range(0, X.shape[0], 4096):  # a bool copy of 4096 rows at a time
+        observed = X[start : start + 4096] != 0
+        cells[start : start + 4096] = observed.sum(axis=1)
+        genes += observed.sum(axis=0)
+    return cells, genes
 
-    Warns (:class:`CountsWarning`) when the matrix looks like raw counts.
+
+def _check_empty_cells_and_genes(X) -> None:
+    """Refuse a matrix without any non-zero value; warn about cells and genes that are zero everywhere."""
+    cells, genes = _observed_per_cell_and_gene(X)
+    if not cells.any():
+        raise InputError("expression matrix has no non-zero value, so there is nothing to propagate; check that the right matrix or layer was passed")
+    parts = [
+        f"{int((counts == 0).sum())} of {counts.size} {axis}"
+        for axis, counts in (("cells", cells), ("genes", genes))
+        if (counts == 0).any()
+    ]
+    if parts:
+        warnings.warn(
+            f"no non-zero value in {' and '.join(parts)}; they are kept, but what is imputed for them "
+            "carries no information of their own; drop them first with sc.pp.filter_cells(adata, min_counts=1) "
+            "and sc.pp.filter_genes(adata, min_cells=1) (sccr.pp.preprocess_paper does this)",
+            InputWarning,
+            stacklevel=4,
+        )
+
+
+def check_expression(X, k: int, *, k_gene: int | None = None) -> np.ndarray | sp.csr_matrix:
+    """Log-normalised expression for imputation with ``k`` cell neighbours: float32, dense or CSR, validated.
+
+    ``k_gene``: neighbours per gene when the method builds a gene graph (then at
+    least ``k_gene + 1`` genes are needed). Warns (:class:`CountsWarning`) when the
+    matrix looks like raw counts and (:class:`InputWarning`) when cells or genes are
+    zero everywhere.
     """
     X = _as_float32(X)
     _check_shape_and_finite(X, "expression matrix")
-    n = X.shape[0]
+    n, g = X.shape
     if n < k + 1:
         raise InputError(f"only {n} cells for k={k} neighbours; need at least k + 1 = {k + 1} cells, or lower k")
+    if g < 2:
+        raise InputError("only 1 gene: cosine similarity between cells needs at least 2 genes; pass more genes")
+    if k_gene is not None and g < k_gene + 1:
+        raise InputError(f"only {g} genes for k_gene={k_gene} neighbours; need at least k_gene + 1 = {k_gene + 1} genes, or lower k_gene")
     values = _values(X)
     nonzero = values[values != 0]
     if nonzero.size and nonzero.max() > 1 and np.all(nonzero == np.round(nonzero)):
@@ -102,6 +182,7 @@ def check_expression(X, k: int) -> np.ndarray | sp.csr_matrix:
             X.eliminate_zeros()
     else:
         X = np.ascontiguousarray(X)
+    _check_empty_cells_and_genes(X)
     return X
 
 

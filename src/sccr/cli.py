@@ -1,6 +1,7 @@
 """Command line: ``sccr impute``, ``sccr demo``.
 
-Exit codes: 0 success, 2 bad input or usage, 1 internal fault, 130 interrupted.
+Exit codes: 0 success, 2 bad input or usage, 1 internal fault, 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM, e.g. a batch scheduler's time limit).
 Errors are one line on standard error, prefixed ``sccr: error:``; ``--debug``
 shows the traceback.
 """
@@ -14,7 +15,15 @@ import warnings
 
 from . import __version__
 
-EXIT_OK, EXIT_FAULT, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAULT, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that the run cleans up as on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated
 
 
 class _Parser(argparse.ArgumentParser):
@@ -98,6 +107,10 @@ def _demo(args) -> None:
     run_demo(seeds=seeds, n_jobs=args.n_jobs)
 
 
+def _one_line(message: object) -> str:
+    return " ".join(str(message).splitlines())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -109,21 +122,30 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = warn_line
     try:
         {"impute": _impute, "demo": _demo}[args.command](args)
-    except KeyboardInterrupt:
-        print("sccr: error: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, _Terminated)
+        print(f"sccr: error: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except InputError as err:
         if args.debug:
             raise
-        print(f"sccr: error: {err}", file=sys.stderr)
+        print(f"sccr: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as err:
         if args.debug:
             raise
-        print(f"sccr: error: internal fault ({type(err).__name__}: {err}); rerun with --debug and report it", file=sys.stderr)
+        print(f"sccr: error: internal fault ({type(err).__name__}: {_one_line(err)}); rerun with --debug and report it", file=sys.stderr)
         return EXIT_FAULT
     return EXIT_OK
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The ``sccr`` program: :func:`main`, with SIGTERM cleaned up like Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _raise_terminated)
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

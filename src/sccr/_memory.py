@@ -1,0 +1,140 @@
+"""Memory guard: refuse a run that cannot fit before it starts, with the estimate and the fix.
+
+:func:`estimate_peak_bytes` adds up what ``_pipeline`` allocates on top of the
+validated input; ``docs/errors.md`` compares it with measured peaks
+(``benchmarks/memory.py``). :func:`available_bytes` is the memory this process
+may still take: ``MemAvailable`` of ``/proc/meminfo``, lowered to the free part
+of a cgroup limit (containers, batch schedulers), with a POSIX fallback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._graph import SIMILARITY_BLOCK_ELEMENTS
+from ._pipeline import GENE_STAGE_CELL_CHUNK, Params
+from ._propagation import DEFAULT_CHUNK
+
+#: Set to 1 to skip the guard (the run may then be killed by the system when memory runs out).
+SKIP_ENV = "SCCR_SKIP_MEMORY_CHECK"
+
+#: N x G float32 arrays alive at the peak of each method (see the stage list in ``_pipeline``):
+#: scCR holds D0, C and C's normalised copy in the second cell graph, and D0, D1 and a
+#: product in the blend; scFP holds D0 and its normalised copy; scBFP the transposed input
+#: copy, its normalised copy and Dg.
+DENSE_COPIES = {"sccr": 3, "scfp": 2, "scbfp": 3}
+#: Bytes per k-NN entry while a graph is built (int64 indices and rows, float32 values,
+#: COO/CSR copies while symmetrising) and per entry of a kept graph (float32 + int32).
+GRAPH_BUILD_BYTES, GRAPH_KEPT_BYTES = 64, 8
+#: Similarity-block temporaries of the k-NN search, in multiples of the float32 block:
+#: the block, its negation and partition, the candidate masks and their int64 cumsum.
+BLOCK_COPIES = 7
+
+
+def _parse_limit(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if text.isdigit() else None
+
+
+def _cgroup_free_bytes() -> int | None:
+    """Free part of this process's cgroup memory limit (v2, then v1), or ``None`` without a limit."""
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            limit = _parse_limit(Path(limit_file).read_text())
+            usage = _parse_limit(Path(usage_file).read_text())
+        except OSError:
+            continue
+        if limit is not None and usage is not None and limit < 1 << 60:  # v1 writes ~2^63 for "no limit"
+            return max(limit - usage, 0)
+    return None
+
+
+def available_bytes() -> int | None:
+    """Memory this process can still allocate without swapping, or ``None`` if unknown."""
+    available = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+                break
+    except OSError:
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            return None
+    cgroup = _cgroup_free_bytes()
+    return available if cgroup is None else min(available, cgroup)
+
+
+def estimate_peak_bytes(
+    n_cells: int, n_genes: int, nnz: int | None, *, method: str, k: int, k_gene: int, n_jobs: int
+) -> int:
+    """Peak bytes a run allocates beyond its validated input.
+
+    Parameters
+    ----------
+    n_cells, n_genes
+        Shape of the input.
+    nnz
+        Stored entries of a sparse (CSR) input; ``None`` for a dense one.
+    method, k, k_gene, n_jobs
+        As in :func:`sccr.impute` (``n_jobs`` resolved to a number of threads).
+    """
+    n, g = int(n_cells), int(n_genes)
+    dense = 4 * n * g * DENSE_COPIES[method]
+    # Sparse input: the normalised float32 copy and the float64 copy of the exact
+    # re-ranking (knn), the CSC copy of every cell-wise propagation, and the rows of a
+    # similarity block made dense.
+    block_rows = min(n, max(1, SIMILARITY_BLOCK_ELEMENTS // max(n, 1)))
+    sparse = 0 if nnz is None else 20 * int(nnz) + 4 * block_rows * g
+    cell_graphs = {"sccr": 3, "scfp": 2, "scbfp": 1}[method]
+    graphs = (GRAPH_BUILD_BYTES + cell_graphs * GRAPH_KEPT_BYTES * 2) * n * (k + 1)
+    gene_graph = (GRAPH_BUILD_BYTES + GRAPH_KEPT_BYTES * 2) * g * (k_gene + 1) if method != "scfp" else 0
+    block = BLOCK_COPIES * 4 * min(SIMILARITY_BLOCK_ELEMENTS, max(n, g) ** 2)
+    # Gene-gene correlations (while only D0 is held): chunks of up to 4096 cells
+    # standardised in float32 and float64, with float64 products (measured: about 30
+    # bytes per cell x gene of a chunk), and the correlation blocks.
+    gene_stage = 4 * n * g + 32 * min(n, 4096) * g + 2 * 4 * SIMILARITY_BLOCK_ELEMENTS if method == "sccr" else 0
+    # Each thread propagates one block of 64 columns: start, current, next, anchor, output, mask.
+    nodes = max(n, g)
+    threads = n_jobs * (21 * nodes * max(DEFAULT_CHUNK, GENE_STAGE_CELL_CHUNK))
+    return max(dense + block, gene_stage) + sparse + graphs + gene_graph + threads
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 1024**3:.1f} GiB"
+
+
+def check_memory(X: np.ndarray | sp.csr_matrix, p: Params) -> None:
+    """Raise :class:`~sccr.InputError` if the run on validated ``X`` needs more memory than is available.
+
+    Skipped when the environment variable ``SCCR_SKIP_MEMORY_CHECK`` is ``1`` or
+    when the available memory cannot be read.
+    """
+    from ._validation import InputError
+
+    if os.environ.get(SKIP_ENV, "") == "1":
+        return
+    available = available_bytes()
+    if available is None:
+        return
+    n, g = X.shape
+    need = estimate_peak_bytes(
+        n, g, X.nnz if sp.issparse(X) else None, method=p.method, k=p.k, k_gene=p.k_gene, n_jobs=p.n_jobs
+    )
+    if need > available:
+        raise InputError(
+            f"imputing {n} cells x {g} genes with {p.method} needs about {_gib(need)} of memory but "
+            f"{_gib(available)} is available; run out of core with memory_budget= (command line: "
+            "--memory-budget 8G), on a Dask cluster with backend='dask' (--backend dask --scheduler ADDR), "
+            f"or on fewer genes or cells; set {SKIP_ENV}=1 to try anyway"
+        )
