@@ -155,6 +155,16 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
+def _drop_partial_line(path: Path) -> None:
+    """Cut an unfinished last line (a write interrupted midway) so appends start on a fresh line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def _append(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -249,6 +259,7 @@ def benchmark(
     results = out / "results.jsonl"
     if not resume:
         results.unlink(missing_ok=True)
+    _drop_partial_line(results)
     done = {record_key(r) for r in read_records(results)}
     n_units = sum(len(seeds) * (1 if t == "clustering" else len(rates)) for t in tasks) * len(loaded) * len(methods)
     common = {"label_key": label_key, "n_jobs": n_jobs, "versions": versions()}
