@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import sccr
 from helpers import make_counts
 from sccr import _benchmark
-from sccr._benchmark import data_gene_edges, gene_edge_signs, read_records
+from sccr._benchmark import data_gene_edges, gene_edge_signs, load_dataset, method_params, read_records
 from sccr._report import summary_markdown
 from sccr._resources import PeakRSS
 from sccr.cli import main
@@ -129,6 +129,25 @@ def test_cli_benchmark(counts_file, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("sccr: error:") and "'nope'" in err and len(err.strip().splitlines()) == 1
     assert main(args + ["--seeds", "x"]) == 2
+
+
+def test_genes_dir_fixes_the_gene_list(counts_file, tmp_path):
+    genes = [f"g{j}" for j in range(59, 29, -1)]
+    (tmp_path / "tiny.genes.txt").write_text("\n".join(genes) + "\n")
+    records = run(counts_file, tmp_path / "out", methods=["raw"], tasks=["clustering"], seeds=(0,), genes_dir=tmp_path)
+    assert records[0]["n_genes"] == 30 and records[0]["preprocess"]["genes"].endswith("tiny.genes.txt")
+    # Without a list for the data set, the top genes by variance are used.
+    other = run(counts_file, tmp_path / "out2", methods=["raw"], tasks=["clustering"], seeds=(0,), genes_dir=tmp_path / "none")
+    assert other[0]["n_genes"] == 60
+
+
+def test_bundled_data_set_by_name_and_paper_settings():
+    data = load_dataset("worm_neuron", label_key="celltype")
+    assert data.name == "worm_neuron" and data.X.shape == (4186, 2000) and len(set(data.labels)) == 10
+    assert method_params("sccr", "worm_neuron", "clustering") == {
+        "k": 15, "k_gene": 2, "n_iter": 40, "alpha": 0.05, "beta": 0.99, "gamma": 0.01, "sym_final": False}
+    assert method_params("scfp", "other", "mnar")["sym_final"] is True
+    assert method_params("sccr", "other", "mnar")["gamma"] == 1.0
 
 
 # --- parts ---------------------------------------------------------------------------------
