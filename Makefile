@@ -26,7 +26,7 @@ fidelity: install
 bench: install
 	$(BIN)/python benchmarks/speed.py
 
-# The paper's grid on the shared data sets (about 45 min on 2 cores; see docs/benchmarks.md).
+# The paper's grid on the shared data sets (34 min on the shared 2-core machine; see docs/benchmarks.md).
 SHARED ?= ../shared
 BENCHMARK_OUT ?= results/benchmark
 benchmark: install
