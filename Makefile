@@ -2,14 +2,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install fidelity bench clean
+.PHONY: demo test install fidelity bench benchmark clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,benchmark]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,6 +25,14 @@ fidelity: install
 
 bench: install
 	$(BIN)/python benchmarks/speed.py
+
+# The paper's grid on the shared data sets (34 min on the shared 2-core machine; see docs/benchmarks.md).
+SHARED ?= ../shared
+BENCHMARK_OUT ?= results/benchmark
+benchmark: install
+	$(BIN)/sccr benchmark $(SHARED)/data/worm_neuron.h5ad $(SHARED)/data/mouse_bladder_top2000.h5ad \
+		$(SHARED)/data/pbmc4k_top2000.h5ad --genes-dir $(SHARED)/reference --out $(BENCHMARK_OUT)
+	$(BIN)/python scripts/benchmark_vs_reference.py $(BENCHMARK_OUT)/results.jsonl --reference $(SHARED)/reference
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from helpers import BLADDER
-from sccr._evaluation import clustering_accuracy, clustering_scores, drop_entries, imputation_errors
+from sccr._evaluation import clustering_accuracy, clustering_scores, drop_entries, drop_entries_mnar, imputation_errors
 
 
 # --- clustering accuracy -----------------------------------------------------------------
@@ -176,3 +176,50 @@ def test_drop_matches_reference_entries_on_real_data(bladder, reference_dir):
     r, c = reference_recipe(X.toarray(), 0.2, 0)
     np.testing.assert_array_equal(rows, r)
     np.testing.assert_array_equal(cols, c)
+
+
+# --- missing-not-at-random masks -----------------------------------------------------------
+
+@pytest.mark.parametrize("rate", [0.2, 0.4, 0.8])
+def test_mnar_count_and_only_nonzeros(X, rate):
+    dropped, rows, cols = drop_entries_mnar(X, rate, 0)
+    nnz = np.count_nonzero(X)
+    assert len(rows) == int(np.floor(rate * nnz))
+    assert len(set(zip(rows.tolist(), cols.tolist()))) == len(rows)
+    assert (X[rows, cols] != 0).all() and (dropped[rows, cols] == 0).all()
+    assert np.count_nonzero(dropped) == nnz - len(rows)
+    assert dropped.dtype == np.float32
+
+
+def test_mnar_reproducible_seed_dependent_and_sparse_equals_dense(X):
+    a = drop_entries_mnar(X, 0.3, 5)
+    b = drop_entries_mnar(sp.csr_matrix(X), 0.3, 5)
+    c = drop_entries_mnar(X, 0.3, 6)
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[2], b[2])
+    np.testing.assert_array_equal(a[0], b[0].toarray())
+    assert not (np.array_equal(a[1], c[1]) and np.array_equal(a[2], c[2]))
+
+
+def test_mnar_drops_low_values_more_often():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.1, 6.0, size=(200, 100)).astype(np.float32)
+    values = X.ravel()
+    for rate in (0.2, 0.4):
+        _, r, c = drop_entries_mnar(X, rate, 0)
+        _, r0, c0 = drop_entries(X, rate, 0)
+        # Uniform dropout keeps the mean; MNAR removes mostly low values.
+        assert X[r0, c0].mean() == pytest.approx(values.mean(), rel=0.03)
+        assert X[r, c].mean() < 0.8 * values.mean()
+        low, high = values < np.quantile(values, 0.25), values > np.quantile(values, 0.75)
+        mask = np.zeros(X.shape, dtype=bool)
+        mask[r, c] = True
+        assert mask.ravel()[low].mean() > 2 * mask.ravel()[high].mean()
+
+
+def test_mnar_rate_zero_and_one(X):
+    dropped, rows, _ = drop_entries_mnar(X, 0.0, 0)
+    assert len(rows) == 0
+    np.testing.assert_array_equal(dropped, X)
+    dropped, rows, _ = drop_entries_mnar(X, 1.0, 0)
+    assert len(rows) == np.count_nonzero(X) and not dropped.any()

@@ -9,7 +9,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 from . import datasets, pp
 from ._anndata import impute
+from ._benchmark import benchmark
 from ._estimator import SCCR
 from ._validation import CountsWarning, InputError, InputWarning
 
-__all__ = ["SCCR", "CountsWarning", "InputError", "InputWarning", "datasets", "impute", "pp", "__version__"]
+__all__ = ["SCCR", "CountsWarning", "InputError", "InputWarning", "datasets", "impute", "benchmark", "pp", "__version__"]

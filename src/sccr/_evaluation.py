@@ -9,6 +9,29 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 
+def _nonzeros(X: np.ndarray | sp.spmatrix) -> tuple[np.ndarray | sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
+    """A float32 copy of ``X`` and its non-zeros in row-major order: ``copy, rows, cols, values``."""
+    if sp.issparse(X):
+        X = sp.csr_matrix(X, dtype=np.float32, copy=True)
+        X.eliminate_zeros()
+        X.sort_indices()
+        i, j = X.nonzero()  # row-major, the order of X.data
+        return X, i, j, X.data
+    X = np.array(X, dtype=np.float32)
+    i, j = np.nonzero(X)
+    return X, i, j, X[i, j]
+
+
+def _drop(X: np.ndarray | sp.csr_matrix, i: np.ndarray, j: np.ndarray, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Zero the non-zeros ``pick`` (indices into ``i, j``) of ``X`` in place; CSR keeps no zeros."""
+    if sp.issparse(X):
+        X.data[pick] = 0
+        X.eliminate_zeros()
+    else:
+        X[i[pick], j[pick]] = 0
+    return X, i[pick], j[pick]
+
+
 def drop_entries(X: np.ndarray | sp.spmatrix, rate: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Zero a fraction ``rate`` of the non-zero entries, chosen uniformly at random.
 
@@ -21,24 +44,32 @@ def drop_entries(X: np.ndarray | sp.spmatrix, rate: float, seed: int) -> tuple[n
     dropped, rows, cols
         A float32 copy of ``X`` (same format) with the entries zeroed, and their positions.
     """
-    if sp.issparse(X):
-        X = sp.csr_matrix(X, dtype=np.float32, copy=True)
-        X.eliminate_zeros()
-        X.sort_indices()
-        i, j = X.nonzero()
-    else:
-        X = np.array(X, dtype=np.float32)
-        i, j = np.nonzero(X)
+    X, i, j, _ = _nonzeros(X)
     pick = np.random.RandomState(seed).choice(len(i), int(np.floor(rate * len(i))), replace=False)
-    rows, cols = i[pick], j[pick]
-    if sp.issparse(X):
-        X = X.tolil()
-        X[rows, cols] = 0
-        X = X.tocsr()
-        X.eliminate_zeros()
-    else:
-        X[rows, cols] = 0
-    return X, rows, cols
+    return _drop(X, i, j, pick)
+
+
+def drop_entries_mnar(X: np.ndarray | sp.spmatrix, rate: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Zero a fraction ``rate`` of the non-zero entries, low values more likely than high ones.
+
+    Missing not at random: exactly ``floor(rate * nnz)`` distinct non-zero entries
+    are drawn one after another without replacement, each draw picking a remaining
+    entry with probability proportional to ``exp(-x / m)``, where ``x`` is its
+    value and ``m`` the mean of all non-zero values (an entry at the mean is
+    ``e`` times less likely to go than one near 0). The draws are made at once as an
+    exponential race: entry ``e`` gets the key ``E_e * exp(x_e / m)`` with
+    ``E_e ~ Exp(1)`` from ``numpy.random.default_rng(seed)`` (one per non-zero,
+    row-major order), and the entries with the smallest keys are dropped.
+
+    Returns the same as :func:`drop_entries` (positions in row-major order).
+    """
+    X, i, j, values = _nonzeros(X)
+    n_drop = int(np.floor(rate * len(i)))
+    keys = np.random.default_rng(seed).exponential(size=len(i))
+    if len(i):
+        keys *= np.exp(values / np.abs(values).mean())
+    pick = np.sort(np.argsort(keys, kind="stable")[:n_drop])
+    return _drop(X, i, j, pick)
 
 
 def imputation_errors(imputed: np.ndarray, truth: np.ndarray) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Command line: ``sccr impute``, ``sccr demo``.
+"""Command line: ``sccr impute``, ``sccr demo``, ``sccr benchmark``.
 
 Exit codes: 0 success, 2 bad input or usage, 1 internal fault, 130 interrupted
 (Ctrl-C), 143 terminated (SIGTERM, e.g. a batch scheduler's time limit).
@@ -60,6 +60,27 @@ def _add_demo(sub) -> None:
     p.add_argument("--n-jobs", type=int, default=None, help="threads (default: all cores)")
 
 
+def _add_benchmark(sub) -> None:
+    p = sub.add_parser(
+        "benchmark", help="run the paper's evaluation against baselines",
+        description="Run the paper's evaluation protocol (clustering, MCAR and MNAR dropout recovery) on labelled "
+        ".h5ad files of raw counts for several methods; append one record per data set x method x task x rate x seed "
+        "to OUT/results.jsonl (a rerun skips records already there), then write OUT/summary.md and figures.",
+    )
+    p.add_argument("datasets", nargs="+", metavar="DATA.h5ad", help="raw counts with a label column, or 'worm_neuron' for the bundled set")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--methods", default="raw,sccr,scfp,scbfp,magic,alra,knn", help="comma-separated (default: all: raw,sccr,scfp,scbfp,magic,alra,knn)")
+    p.add_argument("--tasks", default="clustering,mcar,mnar", help="comma-separated (default: clustering,mcar,mnar)")
+    p.add_argument("--rates", default="0.2,0.4,0.8", help="dropout rates, comma-separated (default: 0.2,0.4,0.8)")
+    p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (default: 0,1,2)")
+    p.add_argument("--label-key", default="celltype", help="obs column with the cell types (default: celltype)")
+    p.add_argument("--genes-dir", default=None, metavar="DIR", help="keep the genes listed in DIR/NAME.genes.txt when it exists (e.g. the reference's lists)")
+    p.add_argument("--n-jobs", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument("--no-figures", action="store_true", help="write results and summary only")
+    p.add_argument("--force", action="store_true", help="discard OUT/results.jsonl and recompute everything")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or notices")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sccr", description="scCR imputation of single-cell RNA-seq data (h5ad in, h5ad out).")
     parser.add_argument("--version", action="version", version=f"sccr {__version__}")
@@ -68,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_impute(sub)
     _add_demo(sub)
+    _add_benchmark(sub)
     return parser
 
 
@@ -111,6 +133,31 @@ def _one_line(message: object) -> str:
     return " ".join(str(message).splitlines())
 
 
+def _split(flag: str, text: str, kind):
+    from ._validation import InputError
+
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{flag} must be a comma-separated list of {kind.__name__} values, got {text!r}") from None
+
+
+def _benchmark(args) -> None:
+    from pathlib import Path
+
+    from ._benchmark import benchmark
+
+    results = Path(args.out) / "results.jsonl"
+    echo = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    benchmark(
+        args.datasets, out=args.out, methods=_split("--methods", args.methods, str),
+        tasks=_split("--tasks", args.tasks, str), rates=_split("--rates", args.rates, float),
+        seeds=_split("--seeds", args.seeds, int), label_key=args.label_key, genes_dir=args.genes_dir,
+        n_jobs=args.n_jobs, figures=not args.no_figures, resume=not args.force, progress=False if args.quiet else None, echo=echo,
+    )
+    echo(f"wrote {results}, {Path(args.out) / 'summary.md'}" + ("" if args.no_figures else f" and {Path(args.out) / 'figures'}/"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -121,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.showwarning = warn_line
     try:
-        {"impute": _impute, "demo": _demo}[args.command](args)
+        {"impute": _impute, "demo": _demo, "benchmark": _benchmark}[args.command](args)
     except KeyboardInterrupt as err:
         terminated = isinstance(err, _Terminated)
         print(f"sccr: error: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)

@@ -1,0 +1,136 @@
+"""Benchmark figures (PNG, matplotlib): errors vs rate, clustering bars, UMAPs, gene edges, time vs cells."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ._benchmark import METHODS, UMAP_RATE  # noqa: E402
+from ._report import _ordered, aggregate  # noqa: E402
+
+DPI = 80
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def errors_vs_rate(stats: dict, dataset: str, methods: list[str], path: Path) -> bool:
+    """True RMSE and median L1 against the dropout rate, MCAR solid and MNAR dashed."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    drawn = False
+    for ax, metric, label in zip(axes, ("rmse", "median_l1"), ("RMSE", "median L1")):
+        for i, method in enumerate(methods):
+            for task, style in (("mcar", "-"), ("mnar", "--")):
+                points = sorted((k[2], v[0], v[1]) for k, v in stats.items()
+                                if k[0] == dataset and k[1] == task and k[3] == method and k[4] == metric)
+                if points:
+                    x, y, e = map(np.array, zip(*points))
+                    ax.errorbar(x, y, yerr=e, fmt=style + "o", color=f"C{i}", ms=3,
+                                label=f"{method} ({task.upper()})")
+                    drawn = True
+        ax.set(xlabel="dropout rate", ylabel=label, title=f"{dataset}: {label}")
+    if drawn:
+        axes[1].legend(fontsize=6, ncol=2)
+        _save(fig, path)
+    plt.close(fig)
+    return drawn
+
+
+def clustering_bars(stats: dict, datasets: list[str], methods: list[str], path: Path) -> None:
+    """ARI, NMI and CA without dropout: bars per data set and method, sd as error bars."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    width = 0.8 / len(methods)
+    for ax, metric in zip(axes, ("ari", "nmi", "ca")):
+        for i, method in enumerate(methods):
+            vals = [stats.get((d, "clustering", 0.0, method, metric), (np.nan, 0.0))[:2] for d in datasets]
+            ax.bar(np.arange(len(datasets)) + i * width, [v[0] for v in vals], width,
+                   yerr=[v[1] for v in vals], label=method, color=f"C{i}")
+        ax.set_xticks(np.arange(len(datasets)) + 0.4 - width / 2, datasets, fontsize=7)
+        ax.set(title=metric.upper(), ylim=(0, 1))
+    axes[0].legend(fontsize=7)
+    _save(fig, path)
+
+
+def umap_grid(folder: Path, dataset: str, methods: list[str], path: Path) -> bool:
+    """UMAP of every method (columns) without and with MCAR dropout at ``UMAP_RATE`` (rows), coloured by cell type."""
+    rows = [("clustering", 0.0, "no dropout"), ("mcar", UMAP_RATE, f"{UMAP_RATE:.0%} MCAR")]
+    files = {(m, t): folder / f"{dataset}__{m}__{t}__{rate}.npz" for m in methods for t, rate, _ in rows}
+    if not any(f.exists() for f in files.values()):
+        return False
+    fig, axes = plt.subplots(2, len(methods), figsize=(1.9 * len(methods), 4), squeeze=False)
+    for r, (task, _, title) in enumerate(rows):
+        for c, method in enumerate(methods):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if files[(method, task)].exists():
+                z = np.load(files[(method, task)])
+                _, codes = np.unique(z["labels"], return_inverse=True)
+                ax.scatter(*z["embedding"].T, c=codes, cmap="tab20", s=0.5, rasterized=True)
+            ax.set_title(f"{method}\n{title}", fontsize=7)
+    fig.suptitle(f"{dataset}: UMAP coloured by cell type", fontsize=9)
+    _save(fig, path)
+    return True
+
+
+def gene_edges(records: list[dict], datasets: list[str], path: Path) -> bool:
+    """Share of associating and dissociating gene-gene edges: data's top-|r| pairs, scBFP's graph, scCR's graph."""
+    sources = (("raw", "data (top |r|)"), ("scbfp", "scBFP graph"), ("sccr", "scCR graph"))
+    found = {(r["dataset"], r["method"]): r["gene_edges"] for r in records if "gene_edges" in r}
+    if not found:
+        return False
+    fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for x, (method, label) in enumerate(sources):
+            e = found.get((dataset, method))
+            if e is None:
+                continue
+            total = e["associating"] + e["dissociating"]
+            share = e["associating"] / total if total else 0.0
+            ax.bar(x, share, color="C0", label="associating (r > 0)" if x == 0 else None)
+            ax.bar(x, 1 - share, bottom=share, color="C3", label="dissociating (r < 0)" if x == 0 else None)
+        ax.set_xticks(range(len(sources)), [s[1] for s in sources], fontsize=7)
+        ax.set(title=dataset, ylabel="share of edges", ylim=(0, 1))
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    _save(fig, path)
+    return True
+
+
+def time_vs_cells(records: list[dict], methods: list[str], path: Path) -> None:
+    """Mean imputation time of each method against the number of cells (one point per data set)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for i, method in enumerate(methods):
+        by_n: dict[int, list[float]] = {}
+        for r in records:
+            if r["method"] == method and not r.get("imputation_reused"):
+                by_n.setdefault(r["n_cells"], []).append(r["seconds"])
+        if by_n:
+            n = sorted(by_n)
+            ax.plot(n, [np.mean(by_n[k]) for k in n], "o-", color=f"C{i}", label=method, ms=4)
+    ax.set(xlabel="cells", ylabel="imputation time (s)", yscale="log", title="time vs number of cells")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def write_figures(records: list[dict], out: Path) -> None:
+    """All figures of the report into ``out/figures``."""
+    folder = out / "figures"
+    folder.mkdir(exist_ok=True)
+    stats = aggregate(records)
+    methods = _ordered([r["method"] for r in records], METHODS)
+    datasets = _ordered([r["dataset"] for r in records], [])
+    for dataset in datasets:
+        errors_vs_rate(stats, dataset, methods, folder / f"errors_{dataset}.png")
+        umap_grid(out / "embeddings", dataset, methods, folder / f"umap_{dataset}.png")
+    if any(r["task"] == "clustering" for r in records):
+        clustering_bars(stats, datasets, methods, folder / "clustering.png")
+    gene_edges(records, datasets, folder / "gene_edges.png")
+    time_vs_cells(records, methods, folder / "time_vs_cells.png")
