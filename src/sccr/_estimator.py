@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from ._dask import resolve_executor
+from ._executor import executing
 from ._pipeline import run
 from ._validation import check_expression, check_params
 
@@ -27,7 +29,9 @@ class SCCR(TransformerMixin, BaseEstimator):
     timings_ : dict
         Seconds spent in each stage.
     n_jobs_ : int
-        Threads used.
+        Threads used by the stages that run locally.
+    scheduler_ : str or None
+        Address of the dask scheduler that ran the chunk loops (``backend="dask"``).
     n_features_in_ : int
         Number of genes seen in :meth:`fit`.
     """
@@ -47,6 +51,8 @@ class SCCR(TransformerMixin, BaseEstimator):
         random_state: int | None = 0,
         n_jobs: int | None = None,
         progress: bool | None = None,
+        backend: str = "local",
+        client=None,
     ) -> None:
         self.method = method
         self.k = k
@@ -60,6 +66,8 @@ class SCCR(TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.progress = progress
+        self.backend = backend
+        self.client = client
 
     def fit(self, X, y=None) -> SCCR:
         """Impute ``X`` (cells x genes, log-normalised, non-negative)."""
@@ -68,12 +76,15 @@ class SCCR(TransformerMixin, BaseEstimator):
             alpha=self.alpha, beta=self.beta, gamma=self.gamma, sym_final=self.sym_final,
             knn=self.knn, n_jobs=self.n_jobs, progress=self.progress,
         )
-        result = run(check_expression(X, params.k), params)
+        executor = resolve_executor(self.backend, self.client)
+        with executing(executor):
+            result = run(check_expression(X, params.k), params)
         self.imputed_ = result.imputed
         self.cell_graph_ = result.cell_graph
         self.gene_graph_ = result.gene_graph
         self.timings_ = result.timings
         self.n_jobs_ = params.n_jobs
+        self.scheduler_ = None if executor is None else executor.address
         self.n_features_in_ = int(result.imputed.shape[1])
         return self
 
