@@ -112,7 +112,7 @@ class DaskExecutor:
         shared_future = client.scatter(shared, broadcast=True, hash=False)
         jobs = enumerate(jobs)
         index: dict[str, int] = {}
-        running = distributed.as_completed()
+        running = distributed.as_completed(loop=client.loop)
 
         def submit(i: int, job: tuple) -> None:
             future = client.submit(task, shared_future, *job, pure=False)
@@ -188,7 +188,7 @@ def connect(address: str | None, *, n_workers: int | None = None) -> Iterator[An
     distributed = _distributed()
     if address is None:
         with distributed.LocalCluster(
-            n_workers=resolve_n_jobs(n_workers), threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=resolve_n_jobs(n_workers), threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster, distributed.Client(cluster) as client:
             yield client
         return
