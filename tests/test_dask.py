@@ -9,6 +9,7 @@ import dask
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from sklearn.base import clone
 
 import sccr
 from helpers import make_expression
@@ -84,6 +85,8 @@ def test_dense_input_and_estimator(client):
     assert (remote.cell_graph_ != local.cell_graph_).nnz == 0
     assert (remote.gene_graph_ != local.gene_graph_).nnz == 0
     assert remote.scheduler_ == client.scheduler.address and local.scheduler_ is None
+    twin = clone(remote)  # shares the live client instead of copying it
+    assert twin.client is client and twin.get_params()["k"] == FAST["k"] and not hasattr(twin, "imputed_")
 
 
 def test_knn_ties_match_local(client):

@@ -124,7 +124,7 @@ class DaskExecutor:
                 submit(i, job)
             for future in running:
                 on_result(index.pop(future.key), future.result())
-                del future
+                del future  # lets the worker drop the result now, not at the next completion
                 for i, job in islice(jobs, 1):
                     submit(i, job)
                 yield

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, TransformerMixin, clone
 
 from ._dask import resolve_executor
 from ._executor import executing
@@ -68,6 +68,12 @@ class SCCR(TransformerMixin, BaseEstimator):
         self.progress = progress
         self.backend = backend
         self.client = client
+
+    def __sklearn_clone__(self) -> SCCR:
+        """scikit-learn's ``clone``, sharing ``client``: a live connection cannot be copied."""
+        params = self.get_params(deep=False)
+        client = params.pop("client")
+        return type(self)(**{name: clone(value, safe=False) for name, value in params.items()}, client=client)
 
     def fit(self, X, y=None) -> SCCR:
         """Impute ``X`` (cells x genes, log-normalised, non-negative)."""
