@@ -16,6 +16,7 @@ from helpers import make_expression
 from sccr._dask import DaskExecutor
 from sccr._executor import executing
 from sccr._graph import knn_graph
+from sccr._propagation import propagate_block, propagate_chunks
 from sccr.cli import main
 
 distributed = pytest.importorskip("distributed")
@@ -97,6 +98,32 @@ def test_knn_ties_match_local(client):
     with executing(DaskExecutor(client)):
         got = knn_graph(M, 7, sym=True)
     assert (got != want).nnz == 0
+
+
+def test_propagation_keeps_a_bounded_number_of_blocks_out(client):
+    """The client never has more blocks loaded but not yet stored than the executor's limit."""
+    rng = np.random.default_rng(1)
+    A = knn_graph(rng.random((80, 6), dtype=np.float32), 4, sym=True)
+    blocks = [rng.random((80, 3), dtype=np.float32) for _ in range(25)]
+    executor = DaskExecutor(client)
+    out, outstanding, most = {}, set(), 0
+
+    def load(i):
+        nonlocal most
+        outstanding.add(i)
+        most = max(most, len(outstanding))
+        return blocks[i], None
+
+    def store(i, block):
+        outstanding.remove(i)
+        out[i] = block
+
+    with executing(executor):
+        propagate_chunks(A, len(blocks), load, store, n_iter=5, hard=True)
+    assert most <= executor.in_flight < len(blocks)
+    assert sorted(out) == list(range(len(blocks)))
+    for i, block in enumerate(blocks):
+        np.testing.assert_array_equal(out[i], propagate_block(A, block, None, n_iter=5, hard=True, beta=1.0))
 
 
 def test_active_client_is_used(data, cluster):
