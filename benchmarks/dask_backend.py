@@ -30,7 +30,6 @@ SETTINGS = dict(method="sccr", sym_final=False, progress=False)
 def timed_runs(X, repeats: int, **options) -> tuple[list[float], object]:
     """Seconds of ``repeats`` fits after one warm-up, and the last fitted model."""
     import sccr
-    from sccr._resources import peak_rss_mb
 
     model = sccr.SCCR(**SETTINGS, **options).fit(X)
     seconds = []
@@ -51,6 +50,7 @@ def main() -> None:
     import distributed
 
     import sccr
+    from sccr._resources import peak_rss_mb
 
     X = sccr.pp.preprocess_paper(sccr.datasets.worm_neuron()).X
     with distributed.LocalCluster(
