@@ -60,6 +60,7 @@ def test_uns_records_params_versions_timings(adata):
     assert (params["k"], params["n_iter"], params["gamma"], params["sym_final"]) == (5, 10, 0.2, False)
     assert (params["k_gene"], params["alpha"], params["beta"]) == (2, 0.05, 0.99)
     assert params["layer"] is None and params["n_jobs"] == 1 and params["knn_used"] == "exact"
+    assert params["backend"] == "local" and params["scheduler"] is None and "client" not in params
     versions = uns["versions"]
     for name in ("python", "sccr", "numpy", "scipy", "anndata"):
         assert name in versions

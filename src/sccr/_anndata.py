@@ -26,6 +26,8 @@ def impute(
     random_state: int | None = 0,
     n_jobs: int | None = None,
     progress: bool | None = None,
+    backend: str = "local",
+    client=None,
     copy: bool = False,
 ) -> ad.AnnData | None:
     """Impute log-normalised expression with scCR (or its predecessors scFP, scBFP).
@@ -71,6 +73,13 @@ def impute(
         Threads (``None`` or ``-1``: all available cores).
     progress
         Progress bar per stage (``None``: only on a terminal).
+    backend
+        ``"local"`` (threads of this process) or ``"dask"``: propagation chunks
+        and exact k-NN row blocks run on the workers of a dask.distributed
+        cluster, with results equal to the local backend's (see docs/dask.md).
+    client
+        The ``distributed.Client`` for ``backend="dask"``; ``None`` uses the
+        active client.
     copy
         Return a new AnnData and leave ``adata`` untouched. With ``copy=False`` a
         view becomes an actual AnnData (anndata's ``ImplicitModificationWarning``),
@@ -87,16 +96,22 @@ def impute(
     model = SCCR(
         method=method, k=k, k_gene=k_gene, n_iter=n_iter, alpha=alpha, beta=beta, gamma=gamma,
         sym_final=sym_final, knn=knn, random_state=random_state, n_jobs=n_jobs, progress=progress,
+        backend=backend, client=client,
     )
     model.fit(X)
 
+    params = model.get_params()
+    del params["client"]  # recorded as the scheduler's address
     adata = adata.copy() if copy else adata
     adata.layers[key_added] = model.imputed_
     adata.obsp[f"{key_added}_connectivities"] = model.cell_graph_
     if model.gene_graph_ is not None:
         adata.varp[f"{key_added}_gene_graph"] = model.gene_graph_
     adata.uns[key_added] = {
-        "params": {"layer": layer, **model.get_params(), "n_jobs": model.n_jobs_, "knn_used": "exact"},
+        "params": {
+            "layer": layer, **params, "n_jobs": model.n_jobs_, "knn_used": "exact",
+            "scheduler": model.scheduler_,
+        },
         "versions": versions(),
         "timings": model.timings_,
     }

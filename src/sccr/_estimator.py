@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, TransformerMixin, clone
 
 from ._memory import check_memory
+from ._dask import resolve_executor
+from ._executor import executing
 from ._pipeline import run
 from ._validation import check_expression, check_params
 
@@ -28,7 +30,9 @@ class SCCR(TransformerMixin, BaseEstimator):
     timings_ : dict
         Seconds spent in each stage.
     n_jobs_ : int
-        Threads used.
+        Threads used by the stages that run locally.
+    scheduler_ : str or None
+        Address of the dask scheduler that ran the chunk loops (``backend="dask"``).
     n_features_in_ : int
         Number of genes seen in :meth:`fit`.
     """
@@ -48,6 +52,8 @@ class SCCR(TransformerMixin, BaseEstimator):
         random_state: int | None = 0,
         n_jobs: int | None = None,
         progress: bool | None = None,
+        backend: str = "local",
+        client=None,
     ) -> None:
         self.method = method
         self.k = k
@@ -61,6 +67,14 @@ class SCCR(TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.progress = progress
+        self.backend = backend
+        self.client = client
+
+    def __sklearn_clone__(self) -> SCCR:
+        """scikit-learn's ``clone``, sharing ``client``: a live connection cannot be copied."""
+        params = self.get_params(deep=False)
+        client = params.pop("client")
+        return type(self)(**{name: clone(value, safe=False) for name, value in params.items()}, client=client)
 
     def fit(self, X, y=None) -> SCCR:
         """Impute ``X`` (cells x genes, log-normalised, non-negative).
@@ -75,12 +89,15 @@ class SCCR(TransformerMixin, BaseEstimator):
         )
         X = check_expression(X, params.k, k_gene=None if params.method == "scfp" else params.k_gene)
         check_memory(X, params)
-        result = run(X, params)
+        executor = resolve_executor(self.backend, self.client)
+        with executing(executor):
+            result = run(X, params)
         self.imputed_ = result.imputed
         self.cell_graph_ = result.cell_graph
         self.gene_graph_ = result.gene_graph
         self.timings_ = result.timings
         self.n_jobs_ = params.n_jobs
+        self.scheduler_ = None if executor is None else executor.address
         self.n_features_in_ = int(result.imputed.shape[1])
         return self
 

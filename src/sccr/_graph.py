@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import scipy.sparse as sp
 
+from ._executor import current_executor
+
 #: Float32 products of unit vectors are this close to exact (far below for d < 10^5):
 #: candidates within it of the k-th similarity are re-ranked on exact values.
 CANDIDATE_TOLERANCE = 1e-4
@@ -38,17 +40,26 @@ def _row_normalised(M: np.ndarray | sp.spmatrix) -> np.ndarray | sp.csr_matrix:
     return M * scale[:, None]
 
 
+def similarity_block_rows(n: int) -> int:
+    """Rows per block of the ``n x n`` similarity search (every backend uses the same blocks)."""
+    return max(1, min(n, SIMILARITY_BLOCK_ELEMENTS // max(n, 1)))
+
+
+def cosine_block(Mn: np.ndarray | sp.csr_matrix, start: int, stop: int) -> np.ndarray:
+    """Float32 cosine similarities of rows ``start..stop`` of row-normalised ``Mn`` to all rows."""
+    if sp.issparse(Mn):
+        rows = Mn[start:stop].toarray()
+        # (n x d sparse) @ (d x b dense): cost scales with the non-zeros of M.
+        return np.ascontiguousarray((Mn @ rows.T).T)
+    return Mn[start:stop] @ Mn.T
+
+
 def _cosine_blocks(Mn: np.ndarray | sp.csr_matrix) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start, S)``: float32 cosine similarities of a block of rows to all rows."""
     n = Mn.shape[0]
-    block = max(1, min(n, SIMILARITY_BLOCK_ELEMENTS // max(n, 1)))
+    block = similarity_block_rows(n)
     for start in range(0, n, block):
-        if sp.issparse(Mn):
-            rows = Mn[start : start + block].toarray()
-            # (n x d sparse) @ (d x b dense): cost scales with the non-zeros of M.
-            yield start, np.ascontiguousarray((Mn @ rows.T).T)
-        else:
-            yield start, Mn[start : start + block] @ Mn.T
+        yield start, cosine_block(Mn, start, start + block)
 
 
 def _exact_cosine(M: np.ndarray | sp.csr_matrix) -> Callable[[int, np.ndarray], np.ndarray]:
@@ -140,28 +151,47 @@ def top_neighbours(
     values = np.empty((n, m), dtype=np.float32)
     for start, S in blocks:
         b = S.shape[0]
-        rows = np.arange(b)[:, None]
-        block_key = np.abs(S) if signed else S
-        n_candidates = min(n, m + margin)
-        if exact is not None:
-            # Every entry within rounding distance of the m-th largest is a
-            # candidate, so exact ties (duplicated rows) are all re-ranked.
-            # Ties at or below 0 do not matter (such weights are clipped to 0),
-            # and at most MAX_EXTRA_CANDIDATES more are taken, which bounds the cost.
-            kth = -np.partition(-block_key, m - 1, axis=1)[:, m - 1]
-            floor = np.maximum(kth - CANDIDATE_TOLERANCE, np.finfo(np.float32).tiny)
-            near = int((block_key >= floor[:, None]).sum(axis=1).max())
-            n_candidates = min(n, max(n_candidates, min(near, m + MAX_EXTRA_CANDIDATES)))
-        cols = _candidates(block_key, n_candidates)
-        sims = exact(start, cols) if exact is not None else S[rows, cols]
-        key = np.abs(sims) if signed else sims
-        # Ties: lower column first; signed, positive before negative (node h
-        # before node G + h in the concatenated graph), then lower column.
-        tiebreak = cols + n * (sims < 0) if signed else cols
-        order = np.lexsort((tiebreak, -key), axis=1)[:, :m]
-        indices[start : start + b] = cols[rows, order]
-        values[start : start + b] = sims[rows, order]
+        indices[start : start + b], values[start : start + b] = block_top(
+            start, S, m, signed=signed, exact=exact, margin=margin
+        )
     return indices, values
+
+
+def block_top(
+    start: int,
+    S: np.ndarray,
+    m: int,
+    *,
+    signed: bool = False,
+    exact: Callable[[int, np.ndarray], np.ndarray] | None = None,
+    margin: int = 8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``m`` entries of the rows ``start..start + b`` given by the ``b x n`` block ``S``.
+
+    One block of :func:`top_neighbours` (same parameters), so that a block can
+    be ranked wherever it is computed.
+    """
+    n = S.shape[1]
+    rows = np.arange(S.shape[0])[:, None]
+    block_key = np.abs(S) if signed else S
+    n_candidates = min(n, m + margin)
+    if exact is not None:
+        # Every entry within rounding distance of the m-th largest is a
+        # candidate, so exact ties (duplicated rows) are all re-ranked.
+        # Ties at or below 0 do not matter (such weights are clipped to 0),
+        # and at most MAX_EXTRA_CANDIDATES more are taken, which bounds the cost.
+        kth = -np.partition(-block_key, m - 1, axis=1)[:, m - 1]
+        floor = np.maximum(kth - CANDIDATE_TOLERANCE, np.finfo(np.float32).tiny)
+        near = int((block_key >= floor[:, None]).sum(axis=1).max())
+        n_candidates = min(n, max(n_candidates, min(near, m + MAX_EXTRA_CANDIDATES)))
+    cols = _candidates(block_key, n_candidates)
+    sims = exact(start, cols) if exact is not None else S[rows, cols]
+    key = np.abs(sims) if signed else sims
+    # Ties: lower column first; signed, positive before negative (node h
+    # before node G + h in the concatenated graph), then lower column.
+    tiebreak = cols + n * (sims < 0) if signed else cols
+    order = np.lexsort((tiebreak, -key), axis=1)[:, :m]
+    return cols[rows, order], sims[rows, order]
 
 
 def graph_from_neighbours(
@@ -214,10 +244,14 @@ def knn_graph(M: np.ndarray | sp.spmatrix, k: int, *, sym: bool, norm: str = "ro
         M = sp.csr_matrix(M, dtype=np.float32)
     else:
         M = np.ascontiguousarray(M, dtype=np.float32)
-    indices, values = top_neighbours(
-        _cosine_blocks(_row_normalised(M)), M.shape[0], k + 1,
-        exact=_exact_cosine(M),
-    )
+    executor = current_executor()
+    if executor is not None:  # same blocks and ranking, on the executor's workers
+        indices, values = executor.top_neighbours(M, k + 1)
+    else:
+        indices, values = top_neighbours(
+            _cosine_blocks(_row_normalised(M)), M.shape[0], k + 1,
+            exact=_exact_cosine(M),
+        )
     np.maximum(values, 0, out=values)
     return graph_from_neighbours(indices, values, sym=sym, norm=norm)
 

@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit
 
+from ._executor import current_executor
 from ._progress import stage_bar
 
 #: Feature columns per chunk: 64 float32 columns keep a 4k-node block in L2 cache.
@@ -48,6 +49,21 @@ def _propagate_block(indptr, indices, data, x0, observed, n_iter, hard, beta, ou
     out[:] = cur
 
 
+def propagate_block(
+    A: sp.csr_matrix, x0: np.ndarray, observed: np.ndarray | None, *, n_iter: int, hard: bool, beta: float
+) -> np.ndarray:
+    """Propagate one ``nodes x c`` block on float32 CSR ``A`` (the kernel every backend runs).
+
+    ``observed`` (hard propagation): entries kept fixed; ``None`` means the non-zeros of ``x0``.
+    """
+    x0 = np.ascontiguousarray(x0, dtype=np.float32)
+    if observed is None:
+        observed = x0 != 0
+    out = np.empty_like(x0)
+    _propagate_block(A.indptr, A.indices, A.data, x0, observed, n_iter, hard, np.float32(beta), out)
+    return out
+
+
 def propagate_chunks(
     A: sp.csr_matrix,
     n_chunks: int,
@@ -66,23 +82,21 @@ def propagate_chunks(
     ``load(i)`` returns the block's starting values (``nodes x c``, float32) and,
     for hard propagation, a boolean mask of the entries kept fixed (``None``
     means the non-zeros of the starting values). ``store(i, result)`` receives
-    the propagated block.
+    the propagated block. Inside :func:`sccr._executor.executing`, the chunks run on
+    that executor's workers instead of local threads.
     """
     A = sp.csr_matrix(A, dtype=np.float32)
-    indptr, indices, data = A.indptr, A.indices, A.data
-    beta32 = np.float32(beta)
+    executor = current_executor()
 
     def work(i: int) -> None:
         x0, observed = load(i)
-        x0 = np.ascontiguousarray(x0, dtype=np.float32)
-        if observed is None:
-            observed = x0 != 0
-        out = np.empty_like(x0)
-        _propagate_block(indptr, indices, data, x0, observed, n_iter, hard, beta32, out)
-        store(i, out)
+        store(i, propagate_block(A, x0, observed, n_iter=n_iter, hard=hard, beta=beta))
 
     with stage_bar(desc, n_chunks, progress) as bar:
-        if n_jobs <= 1 or n_chunks == 1:
+        if executor is not None:
+            for _ in executor.propagate(A, n_chunks, load, store, n_iter=n_iter, hard=hard, beta=beta):
+                bar.update()
+        elif n_jobs <= 1 or n_chunks == 1:
             for i in range(n_chunks):
                 work(i)
                 bar.update()

@@ -50,6 +50,8 @@ def _add_impute(sub) -> None:
     p.add_argument("--n-top-genes", type=int, default=2000, help="genes kept by --preprocess paper (default: 2000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--n-jobs", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument("--backend", default="local", choices=["local", "dask"], help="'dask': propagation and k-NN run on a dask.distributed cluster (default: local)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="dask scheduler for --backend dask, e.g. tcp://host:8786 (default: start a local cluster of --n-jobs single-threaded worker processes)")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
 
@@ -94,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _impute(args) -> None:
+    """``sccr impute``, on the dask cluster of ``--backend dask --scheduler`` when asked."""
+    from ._validation import InputError
+
+    if args.backend == "local":
+        if args.scheduler is not None:
+            raise InputError("--scheduler is only used with --backend dask; add --backend dask")
+        return _impute_on(args, None)
+    from ._dask import connect
+
+    with connect(args.scheduler, n_workers=args.n_jobs) as client:
+        _impute_on(args, client)
+
+
+def _impute_on(args, client) -> None:
     from ._anndata import impute
     from ._io import check_output_path, read_h5ad, write_h5ad_atomic
     from ._preprocess import preprocess_paper
@@ -112,6 +128,7 @@ def _impute(args) -> None:
         k_gene=args.k_gene, n_iter=args.n_iter, alpha=args.alpha, beta=args.beta,
         gamma=args.gamma, sym_final=not args.no_sym_final, knn=args.knn,
         random_state=args.seed, n_jobs=args.n_jobs, progress=False if args.quiet else None,
+        backend=args.backend, client=client,
     )
     echo(f"imputed {adata.n_obs} cells x {adata.n_vars} genes with {args.method} in {time.perf_counter() - start:.2f} s")
     write_h5ad_atomic(adata, output)
