@@ -258,12 +258,10 @@ def test_missing_output_folder(workdir, capsys):
 
 
 def test_failed_write_leaves_nothing(workdir, capsys, monkeypatch):
-    def broken_write(self, filename, *args, **kwargs):
-        with open(filename, "wb") as f:
-            f.write(b"partial")
+    def broken_write(*args, **kwargs):  # the temporary output holds the imputed layer by now
         raise OSError("disk full")
 
-    monkeypatch.setattr(ad.AnnData, "write_h5ad", broken_write)
+    monkeypatch.setattr("sccr._anndata.write_element", broken_write)
     code, _, err = run_cli(capsys, "impute", workdir / "in.h5ad", workdir / "out.h5ad", *FAST)
     assert code == 1
     assert_one_line_error(err, "internal fault", "disk full")
@@ -274,10 +272,10 @@ def test_failed_write_keeps_existing_output_with_force(workdir, capsys, monkeypa
     dst = workdir / "out.h5ad"
     dst.write_bytes(b"previous")
 
-    def broken_write(self, filename, *args, **kwargs):
+    def broken_write(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ad.AnnData, "write_h5ad", broken_write)
+    monkeypatch.setattr("sccr._anndata.write_element", broken_write)
     code, _, _ = run_cli(capsys, "impute", workdir / "in.h5ad", dst, *FAST, "--force")
     assert code == 1
     assert dst.read_bytes() == b"previous"
@@ -346,7 +344,7 @@ def test_interrupt_exits_130_and_leaves_nothing(workdir, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("sccr._anndata.impute", interrupted)
+    monkeypatch.setattr("sccr._anndata.SCCR._run", interrupted)
     code, _, err = run_cli(capsys, "impute", workdir / "in.h5ad", workdir / "out.h5ad", *FAST)
     assert code == 130
     assert_one_line_error(err, "interrupted")

@@ -13,7 +13,7 @@ from sccr._pipeline import Params, run
 FAST = dict(k=5, n_iter=10, n_jobs=1)
 DEFAULTS = dict(method="sccr", k=15, k_gene=2, n_iter=40, alpha=0.05, beta=0.99, gamma=0.01,
                 sym_final=True, knn="auto", random_state=0, n_jobs=None, progress=None,
-                backend="local", client=None)
+                backend="local", client=None, memory_budget=None, scratch_dir=None)
 
 
 def test_defaults_match_algorithm():

@@ -1,4 +1,4 @@
-"""Memory guard: a run that cannot fit is refused before any work, with the estimate and the fixes."""
+"""Memory planning: in memory when it fits, out of core when only that fits, refused (before any work) otherwise."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import sccr
 from helpers import make_expression
 from sccr import _memory
-from sccr._memory import SKIP_ENV, available_bytes, check_memory, estimate_peak_bytes
+from sccr._memory import SKIP_ENV, available_bytes, estimate_peak_bytes, parse_memory_size, plan_out_of_core
 from sccr._validation import check_expression, check_params
 from sccr.cli import main
 
@@ -31,6 +31,7 @@ def tiny_machine(monkeypatch):
 def no_work(monkeypatch):
     """Fail the test if the pipeline starts."""
     monkeypatch.setattr("sccr._estimator.run", lambda *a, **k: pytest.fail("the run started"))
+    monkeypatch.setattr("sccr._anndata.atomic_output", lambda *a, **k: pytest.fail("the output was started"))
 
 
 def params(**kw):
@@ -58,12 +59,74 @@ def test_sparse_input_costs_its_copies():
 def test_refusal_names_estimate_available_and_fixes(tiny_machine):
     X = check_expression(make_expression(seed=2), 5)
     with pytest.raises(sccr.InputError) as err:
-        check_memory(X, params(k=5))
+        plan_out_of_core(X, params(k=5))
     message = str(err.value)
     assert message.startswith("imputing 60 cells x 30 genes with sccr needs about")
-    assert "GiB of memory but 0.0 GiB is available" in message
+    assert "GiB of memory even out of core (" in message and "GiB in memory) but 0.0 GiB is available" in message
     for fix in FIXES:
         assert fix in message
+
+
+def test_refusal_names_the_budget(monkeypatch):
+    monkeypatch.delenv(SKIP_ENV, raising=False)
+    X = check_expression(make_expression(seed=2), 5)
+    with pytest.raises(sccr.InputError, match="but 0.0 GiB the memory budget is"):
+        plan_out_of_core(X, params(k=5), memory_budget="1K")
+
+
+def _needs(X, method="sccr", n_jobs=2):
+    """Estimated peak in memory and out of core."""
+    return [estimate_peak_bytes(*X.shape, None, method=method, k=5, k_gene=2, n_jobs=n_jobs, out_of_core=ooc)
+            for ooc in (False, True)]
+
+
+def test_out_of_core_needs_less(monkeypatch):
+    in_memory, out_of_core = _needs(np.zeros((100_000, 2000)))
+    assert out_of_core <= in_memory - 4 * 100_000 * 2000
+    streamed = estimate_peak_bytes(100_000, 2000, None, method="sccr", k=5, k_gene=2, n_jobs=2, out_of_core=True,
+                                   output_in_memory=False, exact=False)
+    assert streamed < out_of_core - 4 * 100_000 * 2000
+
+
+def test_plan_follows_the_budget(monkeypatch):
+    monkeypatch.delenv(SKIP_ENV, raising=False)
+    X = check_expression(make_expression(seed=2), 5)
+    in_memory, out_of_core = _needs(X)
+    assert plan_out_of_core(X, params(k=5), memory_budget=in_memory) is False
+    assert plan_out_of_core(X, params(k=5), memory_budget=in_memory - 1) is True
+    assert plan_out_of_core(X, params(k=5), memory_budget=out_of_core) is True
+    with pytest.raises(sccr.InputError):
+        plan_out_of_core(X, params(k=5), memory_budget=out_of_core - 1)
+    monkeypatch.setattr(_memory, "available_bytes", lambda: out_of_core)  # no budget: what is available
+    assert plan_out_of_core(X, params(k=5)) is True
+
+
+@pytest.mark.parametrize("method", ["sccr", "scbfp"])  # scFP's exact searches hold as much either way
+def test_budget_runs_out_of_core_with_the_same_output(monkeypatch, tmp_path, method):
+    """A budget that only an out-of-core run fits gives the same output, bitwise, and leaves no scratch file."""
+    monkeypatch.delenv(SKIP_ENV, raising=False)
+    X = make_expression(seed=2)
+    _, out_of_core = _needs(check_expression(X, 5), method, n_jobs=1)
+    plain = sccr.SCCR(method=method, **API).fit(X)
+    spilled = sccr.SCCR(method=method, memory_budget=out_of_core, scratch_dir=str(tmp_path), **API).fit(X)
+    assert not plain.out_of_core_ and spilled.out_of_core_
+    np.testing.assert_array_equal(spilled.imputed_, plain.imputed_)
+    assert (spilled.cell_graph_ != plain.cell_graph_).nnz == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("8G", 8 << 30), ("512M", 512 << 20), ("16GiB", 16 << 30), ("1.5 GB", 3 << 29), ("100", 100),
+    ("2k", 2048), (4096, 4096), (None, None),
+])
+def test_parse_memory_size(text, expected):
+    assert parse_memory_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["lots", "8X", "-1G", "0", 0, True, [8]])
+def test_parse_memory_size_refuses(bad):
+    with pytest.raises(sccr.InputError, match="memory budget"):
+        parse_memory_size(bad)
 
 
 def test_both_apis_refuse_before_any_work(tiny_machine, no_work):
@@ -95,18 +158,7 @@ def test_environment_variable_skips_the_guard(tiny_machine, monkeypatch):
 def test_unknown_available_memory_skips_the_guard(monkeypatch):
     monkeypatch.delenv(SKIP_ENV, raising=False)
     monkeypatch.setattr(_memory, "available_bytes", lambda: None)
-    check_memory(check_expression(make_expression(seed=2), 5), params(k=5))
-
-
-def test_enough_memory_passes(monkeypatch):
-    monkeypatch.delenv(SKIP_ENV, raising=False)
-    X = check_expression(make_expression(seed=2), 5)
-    need = estimate_peak_bytes(*X.shape, None, method="sccr", k=5, k_gene=2, n_jobs=2)
-    monkeypatch.setattr(_memory, "available_bytes", lambda: need)
-    check_memory(X, params(k=5))
-    monkeypatch.setattr(_memory, "available_bytes", lambda: need - 1)
-    with pytest.raises(sccr.InputError):
-        check_memory(X, params(k=5))
+    assert plan_out_of_core(check_expression(make_expression(seed=2), 5), params(k=5)) is False
 
 
 def test_available_bytes_reads_this_machine():

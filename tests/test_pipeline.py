@@ -166,8 +166,9 @@ def test_run_result(X):
     assert result.cell_graph.shape == (60, 60)
     np.testing.assert_allclose(np.asarray(result.cell_graph.sum(axis=1)).ravel(), 1.0, rtol=1e-6)
     assert result.gene_graph.shape == (30, 30)
+    # The blends of steps 4 and 6 are fused into hard_fp_2 and soft_fp.
     expected_stages = {"knn_cells_1", "hard_fp_1", "gene_graph", "gene_fp", "knn_cells_2",
-                       "hard_fp_2", "blend", "knn_cells_3", "soft_fp", "output", "total"}
+                       "hard_fp_2", "knn_cells_3", "soft_fp", "total"}
     assert set(result.timings) == expected_stages
     assert all(t >= 0 for t in result.timings.values())
     assert run(X, Params(k=5, n_iter=10, method="scfp")).gene_graph is None

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Callable
+
 import anndata as ad
+import h5py
 
 from ._estimator import SCCR
-from ._validation import check_key_added, get_matrix, warn_duplicate_names
+from ._io import atomic_output, check_output_path, create_layer, read_h5ad, read_matrix, write_element
+from ._preprocess import preprocess_paper
+from ._propagation import DEFAULT_CHUNK
+from ._store import SliceStore
+from ._validation import InputError, check_key_added, get_matrix, warn_duplicate_names
 from ._versions import versions
 
 
@@ -28,6 +37,8 @@ def impute(
     progress: bool | None = None,
     backend: str = "local",
     client=None,
+    memory_budget: int | str | None = None,
+    scratch_dir: str | None = None,
     copy: bool = False,
 ) -> ad.AnnData | None:
     """Impute log-normalised expression with scCR (or its predecessors scFP, scBFP).
@@ -80,6 +91,14 @@ def impute(
     client
         The ``distributed.Client`` for ``backend="dask"``; ``None`` uses the
         active client.
+    memory_budget
+        Memory the run may use, in bytes or as a size such as ``"8G"`` (``None``:
+        what is available now). When the run does not fit in it, its intermediate
+        N x G matrices go to scratch files (same result, bitwise); when it does
+        not fit even so, it is refused before it starts.
+    scratch_dir
+        Folder for those scratch files (``None``: the system's temporary folder);
+        they are deleted at the end, also after an error.
     copy
         Return a new AnnData and leave ``adata`` untouched. With ``copy=False`` a
         view becomes an actual AnnData (anndata's ``ImplicitModificationWarning``),
@@ -92,27 +111,81 @@ def impute(
     """
     check_key_added(key_added, layer)
     X = get_matrix(adata, layer)
-    warn_duplicate_names(adata)
+    warn_duplicate_names(adata.obs_names, adata.var_names)
     model = SCCR(
         method=method, k=k, k_gene=k_gene, n_iter=n_iter, alpha=alpha, beta=beta, gamma=gamma,
         sym_final=sym_final, knn=knn, random_state=random_state, n_jobs=n_jobs, progress=progress,
-        backend=backend, client=client,
-    )
-    model.fit(X)
-
-    params = model.get_params()
-    del params["client"]  # recorded as the scheduler's address
+        backend=backend, client=client, memory_budget=memory_budget, scratch_dir=scratch_dir,
+    ).fit(X)
     adata = adata.copy() if copy else adata
     adata.layers[key_added] = model.imputed_
-    adata.obsp[f"{key_added}_connectivities"] = model.cell_graph_
-    if model.gene_graph_ is not None:
-        adata.varp[f"{key_added}_gene_graph"] = model.gene_graph_
-    adata.uns[key_added] = {
+    for where, key, value in _outputs(model, key_added, layer):
+        getattr(adata, where)[key] = value
+    return adata if copy else None
+
+
+def _outputs(model: SCCR, key_added: str, layer: str | None) -> list[tuple[str, str, object]]:
+    """``(where, key, value)`` of what a fitted ``model`` adds to an AnnData besides the layer."""
+    params = model.get_params()
+    del params["client"]  # recorded as the scheduler's address
+    record = {
         "params": {
-            "layer": layer, **params, "n_jobs": model.n_jobs_, "knn_used": "exact",
-            "scheduler": model.scheduler_,
+            "layer": layer, **params, "n_jobs": model.n_jobs_, "knn_used": model.knn_used_,
+            "scheduler": model.scheduler_, "out_of_core": model.out_of_core_,
         },
         "versions": versions(),
         "timings": model.timings_,
     }
-    return adata if copy else None
+    outputs = [("obsp", f"{key_added}_connectivities", model.cell_graph_), ("uns", key_added, record)]
+    if model.gene_graph_ is not None:
+        outputs.append(("varp", f"{key_added}_gene_graph", model.gene_graph_))
+    return outputs
+
+
+def impute_file(
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    layer: str | None = None,
+    key_added: str = "sccr",
+    preprocess: str = "none",
+    n_top_genes: int = 2000,
+    force: bool = False,
+    echo: Callable[[str], None] = lambda message: None,
+    **options,
+) -> SCCR:
+    """Impute an .h5ad file into a new one, streaming the imputed layer to disk (the ``sccr impute`` command).
+
+    Without preprocessing only the matrix to impute and the cell and gene names
+    are read; the output is a copy of ``input`` with the layer, graphs and record
+    of :func:`impute` added, written to a temporary file beside ``output`` and
+    renamed at the end. The imputed matrix is written panel by panel into the
+    file and never held whole in memory. ``options`` are those of :class:`SCCR`.
+    """
+    output = check_output_path(output, inputs=(input,), force=force)
+    check_key_added(key_added, layer)
+    adata = None
+    if preprocess == "paper":
+        adata = preprocess_paper(read_h5ad(input), n_top_genes=n_top_genes, layer=layer)
+        layer, X, obs_names, var_names = None, adata.X, adata.obs_names, adata.var_names
+        echo(f"preprocessed (paper): {adata.n_obs} cells x {adata.n_vars} genes")
+    elif preprocess == "none":
+        X, obs_names, var_names = read_matrix(input, layer)
+    else:
+        raise InputError(f"preprocess must be 'paper' or 'none', got {preprocess!r}")
+    warn_duplicate_names(obs_names, var_names)
+    model = SCCR(**options)
+    prepared = model._prepare(X, output_in_memory=False)
+    del X
+    with atomic_output(output) as tmp:
+        if adata is None:
+            shutil.copyfile(input, tmp)
+        else:
+            adata.write_h5ad(tmp)
+            del adata
+        with h5py.File(tmp, "r+") as f:
+            layer_out = create_layer(f, key_added, prepared.X.shape, DEFAULT_CHUNK)
+            model._run(prepared, out=SliceStore(layer_out))
+            for where, key, value in _outputs(model, key_added, layer):
+                write_element(f, where, key, value)
+    return model

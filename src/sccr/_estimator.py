@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 
-from ._memory import check_memory
-from ._dask import resolve_executor
+from ._dask import DaskExecutor, resolve_executor
 from ._executor import executing
-from ._pipeline import run
-from ._validation import check_expression, check_params
+from ._graph import resolve_knn
+from ._memory import plan_out_of_core
+from ._pipeline import Params, run
+from ._store import SliceStore, Workspace
+from ._validation import check_expression, check_params, check_scratch_dir
+
+
+class _Prepared(NamedTuple):
+    X: np.ndarray | sp.csr_matrix
+    params: Params
+    out_of_core: bool
+    executor: DaskExecutor | None
 
 
 class SCCR(TransformerMixin, BaseEstimator):
@@ -31,6 +43,10 @@ class SCCR(TransformerMixin, BaseEstimator):
         Seconds spent in each stage.
     n_jobs_ : int
         Threads used by the stages that run locally.
+    knn_used_ : str
+        The neighbour search the cell graphs used: ``"exact"`` or ``"approx"``.
+    out_of_core_ : bool
+        Whether the intermediate matrices were kept in scratch files (see ``memory_budget``).
     scheduler_ : str or None
         Address of the dask scheduler that ran the chunk loops (``backend="dask"``).
     n_features_in_ : int
@@ -54,6 +70,8 @@ class SCCR(TransformerMixin, BaseEstimator):
         progress: bool | None = None,
         backend: str = "local",
         client=None,
+        memory_budget: int | str | None = None,
+        scratch_dir: str | None = None,
     ) -> None:
         self.method = method
         self.k = k
@@ -69,6 +87,8 @@ class SCCR(TransformerMixin, BaseEstimator):
         self.progress = progress
         self.backend = backend
         self.client = client
+        self.memory_budget = memory_budget
+        self.scratch_dir = scratch_dir
 
     def __sklearn_clone__(self) -> SCCR:
         """scikit-learn's ``clone``, sharing ``client``: a live connection cannot be copied."""
@@ -79,26 +99,39 @@ class SCCR(TransformerMixin, BaseEstimator):
     def fit(self, X, y=None) -> SCCR:
         """Impute ``X`` (cells x genes, log-normalised, non-negative).
 
-        Refuses (:class:`~sccr.InputError`) a run estimated to need more memory than
-        is available; set ``SCCR_SKIP_MEMORY_CHECK=1`` to skip that check.
+        Intermediate matrices go to scratch files when only that fits in
+        ``memory_budget``; a run that cannot fit either way is refused
+        (:class:`~sccr.InputError`) before it starts (``SCCR_SKIP_MEMORY_CHECK=1``
+        skips that check).
         """
+        return self._run(self._prepare(X))
+
+    def _prepare(self, X, *, output_in_memory: bool = True) -> _Prepared:
+        """Validate the options and ``X`` and plan the memory, before any work."""
         params = check_params(
             method=self.method, k=self.k, k_gene=self.k_gene, n_iter=self.n_iter,
             alpha=self.alpha, beta=self.beta, gamma=self.gamma, sym_final=self.sym_final,
             knn=self.knn, n_jobs=self.n_jobs, progress=self.progress,
         )
         X = check_expression(X, params.k, k_gene=None if params.method == "scfp" else params.k_gene)
-        check_memory(X, params)
-        executor = resolve_executor(self.backend, self.client)
-        with executing(executor):
-            result = run(X, params)
+        check_scratch_dir(self.scratch_dir)
+        out_of_core = plan_out_of_core(X, params, memory_budget=self.memory_budget, output_in_memory=output_in_memory)
+        return _Prepared(X, params, out_of_core, resolve_executor(self.backend, self.client))
+
+    def _run(self, prepared: _Prepared, out: SliceStore | None = None) -> SCCR:
+        """Impute a prepared input, writing into ``out`` (e.g. a dataset of the output file) if given."""
+        X, params, executor = prepared.X, prepared.params, prepared.executor
+        with executing(executor), Workspace(out_of_core=prepared.out_of_core, scratch_dir=self.scratch_dir) as ws:
+            result = run(X, params, workspace=ws, out=out)
         self.imputed_ = result.imputed
         self.cell_graph_ = result.cell_graph
         self.gene_graph_ = result.gene_graph
         self.timings_ = result.timings
         self.n_jobs_ = params.n_jobs
+        self.knn_used_ = resolve_knn(params.knn, X.shape[0])
+        self.out_of_core_ = prepared.out_of_core
         self.scheduler_ = None if executor is None else executor.address
-        self.n_features_in_ = int(result.imputed.shape[1])
+        self.n_features_in_ = int(X.shape[1])
         return self
 
     def fit_transform(self, X, y=None) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._executor import current_executor
+from ._store import SliceStore, as_store
 
 #: Float32 products of unit vectors are this close to exact (far below for d < 10^5):
 #: candidates within it of the k-th similarity are re-ranked on exact values.
@@ -257,7 +258,7 @@ def knn_graph(M: np.ndarray | sp.spmatrix, k: int, *, sym: bool, norm: str = "ro
 
 
 def _standardised_gram_blocks(
-    D: np.ndarray, mean: np.ndarray, scale: np.ndarray, cell_chunk: int
+    D: SliceStore, mean: np.ndarray, scale: np.ndarray, cell_chunk: int
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield the gene-gene cosine matrix of the standardised columns of ``D`` in row blocks.
 
@@ -269,14 +270,14 @@ def _standardised_gram_blocks(
     for start in range(0, g, block):
         stop = min(g, start + block)
         gram = np.zeros((stop - start, g), dtype=np.float64)
-        for c0 in range(0, n, cell_chunk):
-            Z = ((D[c0 : c0 + cell_chunk] - mean) / scale).astype(np.float64)
+        for _, rows in D.iter_row_blocks(cell_chunk):
+            Z = ((rows - mean) / scale).astype(np.float64)
             gram += Z[:, start:stop].T @ Z
         yield start, gram
 
 
 def signed_gene_graph(
-    D: np.ndarray, mean: np.ndarray, scale: np.ndarray, k: int, *, cell_chunk: int = 4096
+    D: np.ndarray | SliceStore, mean: np.ndarray, scale: np.ndarray, k: int, *, cell_chunk: int = 4096
 ) -> sp.csr_matrix:
     """Signed G x G gene graph equal to the 2G-node graph of scCR step 2c.
 
@@ -286,11 +287,12 @@ def signed_gene_graph(
     correlation (associating +, dissociating -). Rows are normalised by the sum
     of absolute weights, which is the row sum of the 2G-node graph.
     """
+    D = as_store(D)
     g = D.shape[1]
     # Column norms of Z: diag of the Gram matrix, computed over cell chunks.
     norms = np.zeros(g, dtype=np.float64)
-    for c0 in range(0, D.shape[0], cell_chunk):
-        Z = (D[c0 : c0 + cell_chunk] - mean) / scale
+    for _, rows in D.iter_row_blocks(cell_chunk):
+        Z = (rows - mean) / scale
         norms += np.einsum("ij,ij->j", Z, Z, dtype=np.float64)
     norms = np.sqrt(norms)
     inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
@@ -302,3 +304,13 @@ def signed_gene_graph(
 
     indices, values = top_neighbours(correlation_blocks(), g, k + 1, signed=True)
     return graph_from_neighbours(indices, values, sym=True)
+
+
+def resolve_knn(knn: str, n_rows: int) -> str:
+    """``"exact"`` or ``"approx"`` for a search over ``n_rows`` rows (``"auto"`` decides by size)."""
+    return "exact" if knn == "auto" else knn
+
+
+def approximate_search_bytes(n_rows: int, n_cols: int) -> int:
+    """Peak bytes of an approximate search over ``n_rows`` rows of ``n_cols`` columns."""
+    return 0

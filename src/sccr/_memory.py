@@ -10,12 +10,13 @@ of a cgroup limit (containers, batch schedulers), with a POSIX fallback.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
-from ._graph import SIMILARITY_BLOCK_ELEMENTS
+from ._graph import SIMILARITY_BLOCK_ELEMENTS, approximate_search_bytes, resolve_knn
 from ._pipeline import GENE_STAGE_CELL_CHUNK, Params
 from ._propagation import DEFAULT_CHUNK
 
@@ -75,8 +76,45 @@ def available_bytes() -> int | None:
     return available if cgroup is None else min(available, cgroup)
 
 
+def parse_memory_size(value) -> int | None:
+    """Bytes from ``None`` (no budget), a number of bytes, or a size such as ``"8G"``, ``"512MiB"``, ``"1.5 GB"``.
+
+    Units are powers of 1024 (``K``, ``M``, ``G``, ``T``, with or without ``B``/``iB``).
+    """
+    from ._validation import InputError
+
+    if value is None:
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        number, unit = float(value), ""
+    elif isinstance(value, str):
+        match = _SIZE.fullmatch(value.strip())
+        if match is None:
+            raise InputError(f"memory budget must be a size such as 8G, 512M or 16GiB, got {value!r}")
+        number, unit = float(match.group(1)), match.group(2).upper()
+    else:
+        raise InputError(f"memory budget must be a size such as 8G or a number of bytes, got {value!r}")
+    size = int(number * 1024 ** "BKMGT".index(unit[0] if unit else "B"))
+    if not np.isfinite(number) or size <= 0:
+        raise InputError(f"memory budget must be positive, got {value!r}")
+    return size
+
+
+_SIZE = re.compile(r"([0-9]*\.?[0-9]+)\s*([kmgt]?(?:i?b)?)", re.IGNORECASE)
+
+
 def estimate_peak_bytes(
-    n_cells: int, n_genes: int, nnz: int | None, *, method: str, k: int, k_gene: int, n_jobs: int
+    n_cells: int,
+    n_genes: int,
+    nnz: int | None,
+    *,
+    method: str,
+    k: int,
+    k_gene: int,
+    n_jobs: int,
+    out_of_core: bool = False,
+    output_in_memory: bool = True,
+    exact: bool = True,
 ) -> int:
     """Peak bytes a run allocates beyond its validated input.
 
@@ -88,9 +126,20 @@ def estimate_peak_bytes(
         Stored entries of a sparse (CSR) input; ``None`` for a dense one.
     method, k, k_gene, n_jobs
         As in :func:`sccr.impute` (``n_jobs`` resolved to a number of threads).
+    out_of_core
+        The intermediate N x G matrices live in scratch files (only the blocks
+        in use take memory), and the neighbour searches load their matrix whole.
+    output_in_memory
+        The imputed matrix is returned as an array (not streamed to a file).
+    exact
+        Exact neighbour search (which normalises a copy of its matrix), or approximate.
     """
     n, g = int(n_cells), int(n_genes)
-    dense = 4 * n * g * DENSE_COPIES[method]
+    if out_of_core:  # the exact search loads its matrix and normalises a copy; the output fills at the end
+        dense = 4 * n * g * max(2 * exact, int(output_in_memory))
+    else:
+        dense = 4 * n * g * (DENSE_COPIES[method] - (not output_in_memory) - (not exact))
+    search = 0 if exact else approximate_search_bytes(n, g)
     # Sparse input: the normalised float32 copy and the float64 copy of the exact
     # re-ranking (knn), the CSC copy of every cell-wise propagation, and the rows of a
     # similarity block made dense.
@@ -103,38 +152,57 @@ def estimate_peak_bytes(
     # Gene-gene correlations (while only D0 is held): chunks of up to 4096 cells
     # standardised in float32 and float64, with float64 products (measured: about 30
     # bytes per cell x gene of a chunk), and the correlation blocks.
-    gene_stage = 4 * n * g + 32 * min(n, 4096) * g + 2 * 4 * SIMILARITY_BLOCK_ELEMENTS if method == "sccr" else 0
+    held = 0 if out_of_core else 4 * n * g
+    gene_stage = held + 32 * min(n, 4096) * g + 2 * 4 * SIMILARITY_BLOCK_ELEMENTS if method == "sccr" else 0
     # Each thread propagates one block of 64 columns: start, current, next, anchor, output, mask.
     nodes = max(n, g)
     threads = n_jobs * (21 * nodes * max(DEFAULT_CHUNK, GENE_STAGE_CELL_CHUNK))
-    return max(dense + block, gene_stage) + sparse + graphs + gene_graph + threads
+    return max(dense + block + search, gene_stage) + sparse + graphs + gene_graph + threads
 
 
 def _gib(n_bytes: int) -> str:
     return f"{n_bytes / 1024**3:.1f} GiB"
 
 
-def check_memory(X: np.ndarray | sp.csr_matrix, p: Params) -> None:
-    """Raise :class:`~sccr.InputError` if the run on validated ``X`` needs more memory than is available.
+def plan_out_of_core(
+    X: np.ndarray | sp.csr_matrix, p: Params, *, memory_budget=None, output_in_memory: bool = True
+) -> bool:
+    """Whether the run on validated ``X`` keeps its intermediate matrices in scratch files.
 
-    Skipped when the environment variable ``SCCR_SKIP_MEMORY_CHECK`` is ``1`` or
-    when the available memory cannot be read.
+    In memory when the run's estimate fits in ``memory_budget`` (default: the memory
+    available now); out of core when only that fits; otherwise
+    :class:`~sccr.InputError`, with the estimate and the fixes. An unknown amount of
+    available memory, or ``SCCR_SKIP_MEMORY_CHECK=1`` without a budget, means in memory.
     """
     from ._validation import InputError
 
-    if os.environ.get(SKIP_ENV, "") == "1":
-        return
-    available = available_bytes()
-    if available is None:
-        return
+    budget = parse_memory_size(memory_budget)
+    if budget is None:
+        if os.environ.get(SKIP_ENV, "") == "1":
+            return False
+        budget = available_bytes()
+        if budget is None:
+            return False
     n, g = X.shape
-    need = estimate_peak_bytes(
-        n, g, X.nnz if sp.issparse(X) else None, method=p.method, k=p.k, k_gene=p.k_gene, n_jobs=p.n_jobs
-    )
-    if need > available:
-        raise InputError(
-            f"imputing {n} cells x {g} genes with {p.method} needs about {_gib(need)} of memory but "
-            f"{_gib(available)} is available; run out of core with memory_budget= (command line: "
-            "--memory-budget 8G), on a Dask cluster with backend='dask' (--backend dask --scheduler ADDR), "
-            f"or on fewer genes or cells; set {SKIP_ENV}=1 to try anyway"
+    nnz = X.nnz if sp.issparse(X) else None
+
+    def need(out_of_core: bool) -> int:
+        return estimate_peak_bytes(
+            n, g, nnz, method=p.method, k=p.k, k_gene=p.k_gene, n_jobs=p.n_jobs,
+            out_of_core=out_of_core, output_in_memory=output_in_memory,
+            exact=resolve_knn(p.knn, n) == "exact",
         )
+
+    if need(False) <= budget:
+        return False
+    if need(True) <= budget or os.environ.get(SKIP_ENV, "") == "1":
+        return True
+    limit = "the memory budget is" if memory_budget is not None else "is available"
+    raise InputError(
+        f"imputing {n} cells x {g} genes with {p.method} needs about {_gib(need(True))} of memory "
+        f"even out of core ({_gib(need(False))} in memory) but {_gib(budget)} {limit}; raise "
+        "memory_budget= (command line: --memory-budget 8G) if the machine has more, write the output "
+        "to a file (the command line streams it), use fewer threads (n_jobs), run on a Dask cluster "
+        f"with backend='dask' (--backend dask --scheduler ADDR), or use fewer genes or cells; set "
+        f"{SKIP_ENV}=1 to try anyway"
+    )

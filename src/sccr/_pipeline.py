@@ -7,6 +7,7 @@ Data flows one way: validated input -> graphs (``_graph``) -> propagation
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -16,11 +17,14 @@ from threadpoolctl import threadpool_limits
 
 from ._graph import knn_graph, signed_gene_graph
 from ._propagation import DEFAULT_CHUNK, propagate, propagate_chunks
+from ._store import SliceStore, Workspace, as_store
 
 METHODS = ("sccr", "scfp", "scbfp")
 
 #: Cells per chunk in the gene-wise stage (genes are nodes, cells are features).
 GENE_STAGE_CELL_CHUNK = 64
+#: Cells per block when statistics and correlations are accumulated over cells.
+GRAM_CELL_CHUNK = 4096
 
 
 @dataclass
@@ -65,131 +69,181 @@ class _Timer:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
 
-def _row_chunks(n: int, size: int = 4096):
-    return (slice(start, start + size) for start in range(0, n, size))
-
-
-def standardisation(D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column means and deviations (ddof=1) for step 2b, as float32.
+def standardisation(D: np.ndarray | SliceStore) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and deviations (ddof=1) of ``D`` for step 2b, as float32.
 
     A column of zero deviation gets the mean of all deviations instead (the
     mean over the 2G columns of ``[D, -D]`` equals the mean over the G columns).
     """
+    D = as_store(D)
     n, g = D.shape
     mean = np.zeros(g, dtype=np.float64)
-    for rows in _row_chunks(n):
-        mean += D[rows].sum(axis=0, dtype=np.float64)
+    for _, block in D.iter_row_blocks(GRAM_CELL_CHUNK):
+        mean += block.sum(axis=0, dtype=np.float64)
     mean /= n
     squares = np.zeros(g, dtype=np.float64)
-    for rows in _row_chunks(n):
-        squares += np.square(D[rows] - mean).sum(axis=0)
+    for _, block in D.iter_row_blocks(GRAM_CELL_CHUNK):
+        squares += np.square(block - mean).sum(axis=0)
     std = np.sqrt(squares / (n - 1)) if n > 1 else squares
     std[std == 0] = std.mean()
     std[std == 0] = 1.0  # every column constant: Z is all zeros whatever the divisor
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def propagate_over_genes(
+def _dense_rows(X, start: int, stop: int) -> np.ndarray:
+    rows = X[start:stop]
+    return rows.toarray() if sp.issparse(rows) else np.asarray(rows)
+
+
+def _propagate_cells_as_features(
     S: sp.csr_matrix,
-    D: np.ndarray,
-    X: np.ndarray | sp.csr_matrix,
-    mean: np.ndarray,
-    std: np.ndarray,
+    n_cells: int,
+    load_rows: Callable[[int, int], tuple[np.ndarray, np.ndarray | None]],
+    store_rows: Callable[[int, np.ndarray], None],
     p: Params,
-) -> np.ndarray:
-    """Step 2d-e: hard propagation of standardised ``D`` over the signed gene graph ``S``.
+) -> None:
+    """Hard propagation over a gene graph ``S`` (genes are nodes, cells are features).
 
-    Entries observed in ``X`` keep their standardised value. Works on chunks of
-    cells (each cell is independent here) and returns the de-standardised result.
+    Works on chunks of cells, each independent here: ``load_rows(start, stop)``
+    gives their starting values (cells x genes) and the entries kept fixed
+    (``None``: the non-zeros), ``store_rows(start, block)`` takes the result.
     """
-    n = D.shape[0]
-    out = np.empty_like(D)
-    starts = list(range(0, n, GENE_STAGE_CELL_CHUNK))
+    starts = list(range(0, n_cells, GENE_STAGE_CELL_CHUNK))
 
-    def load(i: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = slice(starts[i], starts[i] + GENE_STAGE_CELL_CHUNK)
-        Z = (D[rows] - mean) / std
-        observed = X[rows].toarray() != 0 if sp.issparse(X) else X[rows] != 0
-        return Z.T, observed.T
+    def load(i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        x0, observed = load_rows(starts[i], starts[i] + GENE_STAGE_CELL_CHUNK)
+        return x0.T, None if observed is None else observed.T
 
     def store(i: int, block: np.ndarray) -> None:
-        out[starts[i] : starts[i] + GENE_STAGE_CELL_CHUNK] = block.T * std + mean
+        store_rows(starts[i], block.T)
 
     propagate_chunks(
         S, len(starts), load, store, n_iter=p.n_iter, hard=True,
         n_jobs=p.n_jobs, desc="gene-wise propagation", progress=p.progress,
     )
-    return out
 
 
-def _propagate_stage(t: _Timer, stage: str, A: sp.csr_matrix, X, p: Params, *, hard: bool, desc: str) -> np.ndarray:
+def propagate_over_genes(
+    S: sp.csr_matrix,
+    D: np.ndarray | SliceStore,
+    X: np.ndarray | sp.csr_matrix,
+    mean: np.ndarray,
+    std: np.ndarray,
+    p: Params,
+    out: SliceStore | None = None,
+) -> np.ndarray | SliceStore:
+    """Steps 2d-e: hard propagation of standardised ``D`` over the signed gene graph ``S``.
+
+    Entries observed in ``X`` keep their standardised value. Returns the
+    de-standardised result (``out`` when given, else a new array).
+    """
+    D = as_store(D)
+    target = SliceStore(np.empty(D.shape, dtype=np.float32)) if out is None else out
+
+    def standardised(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        return (D.rows(start, stop) - mean) / std, _dense_rows(X, start, stop) != 0
+
+    def destandardised(start: int, block: np.ndarray) -> None:
+        target.write_rows(start, block * std + mean)
+
+    _propagate_cells_as_features(S, D.shape[0], standardised, destandardised, p)
+    return target.array if out is None else target
+
+
+def _propagate_stage(
+    t: _Timer, stage: str, A: sp.csr_matrix, X0, p: Params, out: SliceStore, *, hard: bool, desc: str,
+    blend: tuple[float, SliceStore] | None = None,
+) -> SliceStore:
     with t.stage(stage):
-        out = propagate(
-            A, X, p.n_iter, hard=hard, beta=p.beta, chunk=p.chunk,
-            n_jobs=p.n_jobs, desc=desc, progress=p.progress,
+        propagate(
+            A, X0, p.n_iter, hard=hard, beta=p.beta, chunk=p.chunk,
+            n_jobs=p.n_jobs, desc=desc, progress=p.progress, out=out, blend=blend,
         )
-    t.work[stage] = int(A.nnz) * X.shape[1] * p.n_iter
+    t.work[stage] = int(A.nnz) * X0.shape[1] * p.n_iter
     return out
 
 
-def _run_sccr(X, p: Params, t: _Timer) -> Result:
-    with t.stage("knn_cells_1"):
-        A1 = knn_graph(X, p.k, sym=True)
-    D0 = _propagate_stage(t, "hard_fp_1", A1, X, p, hard=True, desc="pre-imputation")
+def _knn_stage(t: _Timer, stage: str, M, k: int, p: Params, *, sym: bool) -> sp.csr_matrix:
+    with t.stage(stage):
+        if isinstance(M, SliceStore):
+            M = M.to_array()
+        return knn_graph(M, k, sym=sym)
+
+
+def _run_sccr(X, p: Params, t: _Timer, ws: Workspace, out: SliceStore) -> Result:
+    shape = X.shape
+    columns = sp.csc_matrix(X) if sp.issparse(X) else X  # converted once for the three propagations
+    A1 = _knn_stage(t, "knn_cells_1", X, p.k, p, sym=True)
+    D0 = _propagate_stage(t, "hard_fp_1", A1, columns, p, ws.new("D0", shape, p.chunk), hard=True, desc="pre-imputation")
+    del A1
     with t.stage("gene_graph"):
         mean, std = standardisation(D0)
         S = signed_gene_graph(D0, mean, std, p.k_gene)
     with t.stage("gene_fp"):
-        C = propagate_over_genes(S, D0, X, mean, std, p)
-    t.work["gene_fp"] = int(S.nnz) * D0.shape[0] * p.n_iter
-    with t.stage("knn_cells_2"):
-        A2 = knn_graph(C, p.k, sym=True)
-    del C
-    D1 = _propagate_stage(t, "hard_fp_2", A2, X, p, hard=True, desc="refined propagation")
-    with t.stage("blend"):
-        B = D1
-        B *= np.float32(1.0 - p.alpha)
-        B += np.float32(p.alpha) * D0
-    del D0, D1
-    with t.stage("knn_cells_3"):
-        A3 = knn_graph(B, p.k, sym=p.sym_final)
-    F = _propagate_stage(t, "soft_fp", A3, X, p, hard=False, desc="denoising")
-    with t.stage("output"):
-        F *= np.float32(1.0 - p.gamma)
-        F += np.float32(p.gamma) * B
-    return Result(F, A3, S, t.timings, t.work)
+        C = propagate_over_genes(S, D0, X, mean, std, p, out=ws.new("C", shape, p.chunk))
+    t.work["gene_fp"] = int(S.nnz) * shape[0] * p.n_iter
+    A2 = _knn_stage(t, "knn_cells_2", C, p.k, p, sym=True)
+    ws.free(C)
+    # Step 4, fused into the store of each chunk: B = (1 - alpha) * D1 + alpha * D0.
+    B = _propagate_stage(
+        t, "hard_fp_2", A2, columns, p, ws.new("B", shape, p.chunk), hard=True,
+        desc="refined propagation", blend=(p.alpha, D0),
+    )
+    ws.free(D0)
+    del A2
+    A3 = _knn_stage(t, "knn_cells_3", B, p.k, p, sym=p.sym_final)
+    # Step 6, fused likewise: output = (1 - gamma) * F + gamma * B.
+    _propagate_stage(t, "soft_fp", A3, columns, p, out, hard=False, desc="denoising", blend=(p.gamma, B))
+    ws.free(B)
+    return Result(out, A3, S, t.timings, t.work)
 
 
-def _run_scfp(X, p: Params, t: _Timer) -> Result:
-    with t.stage("knn_cells_1"):
-        A1 = knn_graph(X, p.k, sym=True)
-    D0 = _propagate_stage(t, "hard_fp_1", A1, X, p, hard=True, desc="pre-imputation")
-    with t.stage("knn_cells_2"):
-        A2 = knn_graph(D0, p.k, sym=p.sym_final)
-    F = _propagate_stage(t, "soft_fp", A2, D0, p, hard=False, desc="denoising")
-    return Result(F, A2, None, t.timings, t.work)
+def _run_scfp(X, p: Params, t: _Timer, ws: Workspace, out: SliceStore) -> Result:
+    A1 = _knn_stage(t, "knn_cells_1", X, p.k, p, sym=True)
+    D0 = _propagate_stage(t, "hard_fp_1", A1, X, p, ws.new("D0", X.shape, p.chunk), hard=True, desc="pre-imputation")
+    del A1
+    A2 = _knn_stage(t, "knn_cells_2", D0, p.k, p, sym=p.sym_final)
+    _propagate_stage(t, "soft_fp", A2, D0, p, out, hard=False, desc="denoising")
+    ws.free(D0)
+    return Result(out, A2, None, t.timings, t.work)
 
 
-def _run_scbfp(X, p: Params, t: _Timer) -> Result:
+def _run_scbfp(X, p: Params, t: _Timer, ws: Workspace, out: SliceStore) -> Result:
     with t.stage("gene_graph"):
         XT = X.T.tocsr() if sp.issparse(X) else X.T
         Ag = knn_graph(XT, p.k_gene, sym=True, norm="sym")
-    Dg = _propagate_stage(t, "gene_fp", Ag, XT, p, hard=True, desc="gene-wise propagation").T
-    with t.stage("knn_cells_1"):
-        A = knn_graph(Dg, p.k, sym=p.sym_final)
-    F = _propagate_stage(t, "soft_fp", A, Dg, p, hard=False, desc="denoising")
-    return Result(F, A, Ag, t.timings, t.work)
+        del XT
+    Dg = ws.new("Dg", X.shape, p.chunk)
+    with t.stage("gene_fp"):
+        _propagate_cells_as_features(Ag, X.shape[0], lambda a, b: (_dense_rows(X, a, b), None), Dg.write_rows, p)
+    t.work["gene_fp"] = int(Ag.nnz) * X.shape[0] * p.n_iter
+    A = _knn_stage(t, "knn_cells_1", Dg, p.k, p, sym=p.sym_final)
+    _propagate_stage(t, "soft_fp", A, Dg, p, out, hard=False, desc="denoising")
+    ws.free(Dg)
+    return Result(out, A, Ag, t.timings, t.work)
 
 
 _RUNNERS = {"sccr": _run_sccr, "scfp": _run_scfp, "scbfp": _run_scbfp}
 
 
-def run(X: np.ndarray | sp.csr_matrix, p: Params) -> Result:
-    """Impute validated ``X`` (cells x genes, float32, dense or CSR) with method ``p.method``."""
+def run(
+    X: np.ndarray | sp.csr_matrix,
+    p: Params,
+    *,
+    workspace: Workspace | None = None,
+    out: SliceStore | None = None,
+) -> Result:
+    """Impute validated ``X`` (cells x genes, float32, dense or CSR) with method ``p.method``.
+
+    ``workspace`` makes the intermediate matrices (default: numpy arrays); ``out``
+    receives the imputed matrix (default: a new array, returned as ``Result.imputed``).
+    """
     t = _Timer()
     start = time.perf_counter()
+    ws = Workspace() if workspace is None else workspace
+    target = SliceStore(np.empty(X.shape, dtype=np.float32)) if out is None else out
     with threadpool_limits(limits=p.n_jobs):
-        result = _RUNNERS[p.method](X, p, t)
-    result.imputed = np.ascontiguousarray(result.imputed, dtype=np.float32)
+        result = _RUNNERS[p.method](X, p, t, ws, target)
+    result.imputed = target.array if out is None else target
     t.timings["total"] = time.perf_counter() - start
     return result

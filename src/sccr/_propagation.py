@@ -17,6 +17,7 @@ from numba import njit
 
 from ._executor import current_executor
 from ._progress import stage_bar
+from ._store import SliceStore
 
 #: Feature columns per chunk: 64 float32 columns keep a 4k-node block in L2 cache.
 DEFAULT_CHUNK = 64
@@ -106,7 +107,9 @@ def propagate_chunks(
                     bar.update()
 
 
-def _column_block(X: np.ndarray | sp.csc_matrix, start: int, stop: int) -> np.ndarray:
+def _column_block(X, start: int, stop: int) -> np.ndarray:
+    if isinstance(X, SliceStore):
+        return X.columns(start, stop)
     if sp.issparse(X):
         return X[:, start:stop].toarray()
     return X[:, start:stop]
@@ -114,7 +117,7 @@ def _column_block(X: np.ndarray | sp.csc_matrix, start: int, stop: int) -> np.nd
 
 def propagate(
     A: sp.csr_matrix,
-    X0: np.ndarray | sp.spmatrix,
+    X0: np.ndarray | sp.spmatrix | SliceStore,
     n_iter: int,
     *,
     hard: bool,
@@ -123,31 +126,45 @@ def propagate(
     n_jobs: int = 1,
     desc: str = "propagate",
     progress: bool = False,
-) -> np.ndarray:
+    out: SliceStore | None = None,
+    blend: tuple[float, SliceStore] | None = None,
+) -> np.ndarray | SliceStore:
     """Hard or soft feature propagation of ``X0`` (nodes x features) on graph ``A``.
 
     ``hard``: ``out = A @ out`` then the non-zeros of ``X0`` are put back.
     soft: ``out = beta * (A @ out) + (1 - beta) * X0``. Both start from ``X0``.
 
+    Parameters
+    ----------
+    out
+        Where the result goes (a matrix store, e.g. a scratch file); default: a new array.
+    blend
+        ``(w, other)``: store ``(1 - w) * result + w * other`` instead of the result,
+        chunk by chunk (the blends of scCR's steps 4 and 6, without another pass).
+
     Returns
     -------
-    numpy.ndarray
-        Dense float32, same shape as ``X0``; ``X0`` itself is not modified.
+    numpy.ndarray or SliceStore
+        Dense float32, same shape as ``X0`` (``out`` when given); ``X0`` itself is not modified.
     """
     n, g = X0.shape
     if sp.issparse(X0):
         X0 = sp.csc_matrix(X0, dtype=np.float32)
-    out = np.empty((n, g), dtype=np.float32)
+    target = SliceStore(np.empty((n, g), dtype=np.float32)) if out is None else out
     starts = list(range(0, g, chunk))
 
     def load(i: int) -> tuple[np.ndarray, None]:
         return _column_block(X0, starts[i], starts[i] + chunk), None
 
     def store(i: int, block: np.ndarray) -> None:
-        out[:, starts[i] : starts[i] + chunk] = block
+        if blend is not None:
+            weight, other = blend
+            block *= np.float32(1.0 - weight)
+            block += np.float32(weight) * other.columns(starts[i], starts[i] + block.shape[1])
+        target.write_columns(starts[i], block)
 
     propagate_chunks(
         A, len(starts), load, store, n_iter=n_iter, hard=hard, beta=beta,
         n_jobs=n_jobs, desc=desc, progress=progress,
     )
-    return out
+    return target.array if out is None else target

@@ -55,9 +55,9 @@ def check_key_added(key_added, layer: str | None) -> str:
     return key_added
 
 
-def warn_duplicate_names(adata: ad.AnnData) -> None:
+def warn_duplicate_names(obs_names, var_names) -> None:
     """Warn when cell or gene names repeat: imputation works by position, but lookups by name become ambiguous."""
-    for axis, names in (("obs", adata.obs_names), ("var", adata.var_names)):
+    for axis, names in (("obs", obs_names), ("var", var_names)):
         if not names.is_unique:
             warnings.warn(
                 f"{int(names.duplicated().sum())} duplicate {axis}_names (first: {names[names.duplicated()][0]!r}); "
@@ -184,6 +184,16 @@ def check_expression(X, k: int, *, k_gene: int | None = None) -> np.ndarray | sp
         X = np.ascontiguousarray(X)
     _check_empty_cells_and_genes(X)
     return X
+
+
+def check_scratch_dir(scratch_dir) -> None:
+    """``None`` (the system's temporary folder) or an existing, writable folder for scratch files."""
+    if scratch_dir is None:
+        return
+    if not os.path.isdir(scratch_dir):
+        raise InputError(f"scratch folder {str(scratch_dir)!r} does not exist; create it or pass another folder")
+    if not os.access(scratch_dir, os.W_OK):
+        raise InputError(f"scratch folder {str(scratch_dir)!r} is not writable; pass another folder")
 
 
 def resolve_n_jobs(n_jobs: int | None) -> int:

@@ -45,13 +45,15 @@ def _add_impute(sub) -> None:
     p.add_argument("--beta", type=float, default=0.99, help="soft propagation weight (default: 0.99)")
     p.add_argument("--gamma", type=float, default=0.01, help="blend weight in the output (default: 0.01)")
     p.add_argument("--no-sym-final", action="store_true", help="do not symmetrise the final cell graph")
-    p.add_argument("--knn", default="auto", choices=["auto", "exact"], help="neighbour search (default: auto)")
+    p.add_argument("--knn", default="auto", choices=["auto", "exact", "approx"], help="neighbour search: exact, approximate, or auto (approximate on large inputs; default)")
     p.add_argument("--preprocess", default="none", choices=["paper", "none"], help="'paper': INPUT holds raw counts, apply the paper's preprocessing first; 'none' (default): INPUT is log-normalised")
     p.add_argument("--n-top-genes", type=int, default=2000, help="genes kept by --preprocess paper (default: 2000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--n-jobs", type=int, default=None, help="threads (default: all cores)")
     p.add_argument("--backend", default="local", choices=["local", "dask"], help="'dask': propagation and k-NN run on a dask.distributed cluster (default: local)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="dask scheduler for --backend dask, e.g. tcp://host:8786 (default: start a local cluster of --n-jobs single-threaded worker processes)")
+    p.add_argument("--memory-budget", default=None, metavar="SIZE", help="memory the run may use, e.g. 8G (default: what is available); intermediate matrices go to scratch files when needed")
+    p.add_argument("--scratch-dir", default=None, metavar="DIR", help="folder for those scratch files (default: the system's temporary folder)")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
 
@@ -89,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    _add_impute(sub)
-    _add_demo(sub)
-    _add_benchmark(sub)
+    for add in (_add_impute, _add_demo, _add_benchmark):
+        add(sub)
+    for command in sub.choices.values():  # also accepted after the command; SUPPRESS keeps the top-level value
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     return parser
 
 
@@ -110,29 +113,22 @@ def _impute(args) -> None:
 
 
 def _impute_on(args, client) -> None:
-    from ._anndata import impute
-    from ._io import check_output_path, read_h5ad, write_h5ad_atomic
-    from ._preprocess import preprocess_paper
+    from ._anndata import impute_file
 
-    output = check_output_path(args.output, inputs=(args.input,), force=args.force)
     echo = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-    adata = read_h5ad(args.input)
-    layer = args.layer
-    if args.preprocess == "paper":
-        adata = preprocess_paper(adata, n_top_genes=args.n_top_genes, layer=layer)
-        layer = None
-        echo(f"preprocessed (paper): {adata.n_obs} cells x {adata.n_vars} genes")
     start = time.perf_counter()
-    impute(
-        adata, layer=layer, key_added=args.key_added, method=args.method, k=args.k,
-        k_gene=args.k_gene, n_iter=args.n_iter, alpha=args.alpha, beta=args.beta,
-        gamma=args.gamma, sym_final=not args.no_sym_final, knn=args.knn,
+    model = impute_file(
+        args.input, args.output, layer=args.layer, key_added=args.key_added, preprocess=args.preprocess,
+        n_top_genes=args.n_top_genes, force=args.force, echo=echo,
+        method=args.method, k=args.k, k_gene=args.k_gene, n_iter=args.n_iter, alpha=args.alpha,
+        beta=args.beta, gamma=args.gamma, sym_final=not args.no_sym_final, knn=args.knn,
         random_state=args.seed, n_jobs=args.n_jobs, progress=False if args.quiet else None,
-        backend=args.backend, client=client,
+        backend=args.backend, client=client, memory_budget=args.memory_budget, scratch_dir=args.scratch_dir,
     )
-    echo(f"imputed {adata.n_obs} cells x {adata.n_vars} genes with {args.method} in {time.perf_counter() - start:.2f} s")
-    write_h5ad_atomic(adata, output)
-    echo(f"wrote {output} (layer {args.key_added!r})")
+    n, g = model.imputed_.shape
+    where = "out of core" if model.out_of_core_ else "in memory"
+    echo(f"imputed {n} cells x {g} genes with {args.method} ({where}, {model.knn_used_} neighbours) in {time.perf_counter() - start:.2f} s")
+    echo(f"wrote {args.output} (layer {args.key_added!r})")
 
 
 def _demo(args) -> None:
