@@ -89,6 +89,49 @@ def test_cli_equals_api(workdir, capsys):
     assert (got.obsp["sccr_connectivities"] != expected.obsp["sccr_connectivities"]).nnz == 0
 
 
+def test_output_keeps_everything_the_input_had(workdir, capsys):
+    """OUTPUT is INPUT plus sccr's entries: other layers, obs columns and existing entries carry over."""
+    src, dst = workdir / "in.h5ad", workdir / "out.h5ad"
+    a = ad.read_h5ad(src)
+    a.obsm["X_pca"] = np.ones((120, 2), dtype=np.float32)
+    a.uns["note"] = "kept"
+    a.layers["sccr"] = np.zeros((120, 40), dtype=np.float32)  # replaced, as scanpy does
+    a.write_h5ad(src)
+    assert run_cli(capsys, "impute", src, dst, *FAST)[0] == 0
+    got = ad.read_h5ad(dst)
+    np.testing.assert_array_equal(got.layers["log"], a.layers["log"])
+    np.testing.assert_array_equal(got.obsm["X_pca"], a.obsm["X_pca"])
+    assert got.uns["note"] == "kept" and list(got.obs["celltype"]) == list(a.obs["celltype"])
+    assert (got.layers["sccr"] != 0).any()
+
+
+def test_memory_budget_streams_out_of_core_with_the_same_output(workdir, capsys, monkeypatch):
+    """A budget only an out-of-core run fits: same layer, bit for bit; scratch files removed."""
+    from sccr._memory import SKIP_ENV, estimate_peak_bytes
+
+    monkeypatch.delenv(SKIP_ENV, raising=False)
+    src, scratch = workdir / "in.h5ad", workdir / "scratch"
+    scratch.mkdir()
+    nnz = ad.read_h5ad(src).X.nnz
+    budget = estimate_peak_bytes(120, 40, nnz, method="sccr", k=5, k_gene=2, n_jobs=1, out_of_core=True,
+                                 output_in_memory=False)
+    code, _, err = run_cli(capsys, "impute", src, workdir / "a.h5ad", "--k", "5", "--n-iter", "5", "--n-jobs", "1",
+                           "--memory-budget", str(budget), "--scratch-dir", scratch)
+    assert code == 0 and "out of core" in err, err
+    assert run_cli(capsys, "impute", src, workdir / "b.h5ad", *FAST)[0] == 0
+    out_of_core, in_memory = ad.read_h5ad(workdir / "a.h5ad"), ad.read_h5ad(workdir / "b.h5ad")
+    np.testing.assert_array_equal(out_of_core.layers["sccr"], in_memory.layers["sccr"])
+    assert out_of_core.uns["sccr"]["params"]["out_of_core"] and not in_memory.uns["sccr"]["params"]["out_of_core"]
+    assert list(scratch.iterdir()) == []
+
+
+def test_memory_budget_too_small_is_refused(workdir, capsys):
+    code, _, err = run_cli(capsys, "impute", workdir / "in.h5ad", workdir / "out.h5ad", *FAST, "--memory-budget", "1K")
+    assert code == 2
+    assert_one_line_error(err, "even out of core", "but the memory budget is 0.0 GiB")
+    assert files_in(workdir) == {"in.h5ad"}
+
+
 def test_options_are_forwarded(workdir, capsys):
     src, dst = workdir / "in.h5ad", workdir / "out.h5ad"
     code, _, err = run_cli(capsys, "impute", src, dst, *FAST, "--layer", "log", "--key-added", "imp",

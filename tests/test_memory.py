@@ -70,7 +70,7 @@ def test_refusal_names_estimate_available_and_fixes(tiny_machine):
 def test_refusal_names_the_budget(monkeypatch):
     monkeypatch.delenv(SKIP_ENV, raising=False)
     X = check_expression(make_expression(seed=2), 5)
-    with pytest.raises(sccr.InputError, match="but 0.0 GiB the memory budget is"):
+    with pytest.raises(sccr.InputError, match="but the memory budget is 0.0 GiB"):
         plan_out_of_core(X, params(k=5), memory_budget="1K")
 
 

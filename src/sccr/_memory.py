@@ -197,10 +197,10 @@ def plan_out_of_core(
         return False
     if need(True) <= budget or os.environ.get(SKIP_ENV, "") == "1":
         return True
-    limit = "the memory budget is" if memory_budget is not None else "is available"
+    limit = f"the memory budget is {_gib(budget)}" if memory_budget is not None else f"{_gib(budget)} is available"
     raise InputError(
         f"imputing {n} cells x {g} genes with {p.method} needs about {_gib(need(True))} of memory "
-        f"even out of core ({_gib(need(False))} in memory) but {_gib(budget)} {limit}; raise "
+        f"even out of core ({_gib(need(False))} in memory) but {limit}; raise "
         "memory_budget= (command line: --memory-budget 8G) if the machine has more, write the output "
         "to a file (the command line streams it), use fewer threads (n_jobs), run on a Dask cluster "
         f"with backend='dask' (--backend dask --scheduler ADDR), or use fewer genes or cells; set "
