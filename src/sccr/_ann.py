@@ -1,42 +1,42 @@
 """Approximate cosine k-NN for large numbers of rows (``knn="approx"``, docs/knn.md).
 
 The exact search (:mod:`sccr._graph`) costs ``O(N^2 G)``; this one costs about
-``O(N G (d + c))`` and never holds a dense ``N x G`` matrix:
+``O(N G (d + c))`` and never holds a dense ``N x G`` matrix. It reads the matrix
+in row blocks, in :data:`N_PASSES_PCA` + (1 + :data:`N_REFINE`) x ``ceil(G / w)``
+sequential passes (``w``: columns that fit in :data:`SLICE_BYTES`; a matrix held
+in memory is not copied):
 
-1. **Projection.** Uncentred truncated SVD of the row-normalised matrix to ``d``
-   dimensions, by randomized subspace iteration streamed over row blocks
-   (:data:`PCA_PASSES` sequential passes). Only the ``N x (d + 16)`` sketch is kept.
+1. **Projection.** Uncentred truncated SVD of the row-normalised matrix to
+   :data:`N_COMPONENTS` dimensions. The basis is fitted (randomized subspace
+   iteration) on :data:`PCA_SAMPLE_ROWS` rows drawn at random in a first pass;
+   a second pass projects every row on it.
 2. **Candidates.** The projected rows are split into clusters of about
    :data:`CLUSTER_SIZE` rows (k-means on a sample); every cluster is searched by
    brute force (one matrix product) against the rows of its :data:`N_PROBE`
-   nearest clusters, ranking by inner product of the projections (the part of
-   the cosine the projection keeps). Each row keeps :data:`N_CANDIDATES`.
-3. **Exact scoring.** The candidates are scored with the exact cosine in the
-   full ``G`` dimensions (float64 sums of the normalised rows, rounded to
-   float32 as in the exact search). A sparse matrix in memory is scored
-   directly; a dense one is read in column slices of at most
-   :data:`SLICE_BYTES`, one sequential pass over the rows per slice.
-4. **Refinement.** :data:`N_REFINE` rounds of neighbour-of-neighbour search
-   (one round of NN-descent): the candidates of a row become the current
-   neighbours of its neighbours and the rows that have it as a neighbour, and
-   they are scored exactly as in step 3.
+   nearest clusters, ranked by the inner product of the projections (the part of
+   the cosine that the projection keeps). Each row keeps :data:`N_CANDIDATES`.
+3. **Exact scoring.** Every candidate pair is scored with the exact cosine in
+   the full ``G`` dimensions (float64 sums of float32 entries over the
+   normalised rows, rounded to float32, as in the exact search).
+4. **Refinement.** :data:`N_REFINE` round(s) of NN-descent: a row's new
+   candidates are the current neighbours of its neighbours and the rows that
+   have it as a neighbour; they are scored exactly as in step 3.
 
-The projection only proposes candidates: every returned similarity is an exact
-cosine in the full space, so the returned values are those the exact search
-gives for the same pairs, and a row's list is the exact top of the candidates
-it was offered. Rows come out ranked by decreasing similarity, ties to the
-lower row index, like :func:`sccr._graph.top_neighbours`.
+The projection only proposes candidates: every returned similarity is the exact
+cosine in the full space (within float32 rounding), so the weights of the graph
+are those the exact search gives for the same pairs, and each row's list is the
+exact top of the candidates it was offered. Rows come out ranked by decreasing
+similarity, ties to the lower row index, as :func:`sccr._graph.top_neighbours`.
 
-Determinism: the random numbers come from ``random_state``; the exact scores
-are computed row by row (independent of threads); the projection and candidate
-steps use BLAS matrix products limited to ``n_jobs`` threads, so results are
-reproducible for a given ``random_state`` and ``n_jobs`` (and in practice for
-any ``n_jobs``, as a BLAS rounding difference can only change which of two
-equally good candidates is proposed).
+Determinism: random numbers come from ``random_state``; the exact scores are
+computed pair by pair in a fixed order (independent of threads); the projection
+and the candidate search use BLAS products limited to ``n_jobs`` threads, so the
+result is reproducible for a given ``random_state`` and ``n_jobs``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -47,11 +47,14 @@ from numba import njit, prange
 from threadpoolctl import threadpool_limits
 
 #: Dimension of the projection that proposes candidates.
-N_COMPONENTS = 64
-#: Extra sketch columns of the randomized SVD (oversampling).
+N_COMPONENTS = 192
+#: Rows drawn (first pass) to fit the projection basis.
+PCA_SAMPLE_ROWS = 50_000
+#: Extra sketch columns and subspace iterations of the randomized SVD of the sample.
 OVERSAMPLING = 16
-#: Sequential passes over the rows for the randomized SVD (subspace iterations).
-PCA_PASSES = 3
+N_POWER_ITERATIONS = 3
+#: Sequential passes over the rows for the projection (sample + norms, then project).
+N_PASSES_PCA = 2
 #: Target number of rows per cluster of the candidate search.
 CLUSTER_SIZE = 1000
 #: Clusters searched for the rows of a cluster (its own and the nearest others).
@@ -62,11 +65,16 @@ N_CANDIDATES = 48
 N_REFINE = 1
 #: Rows per block when the matrix is read in row blocks.
 BLOCK_ROWS = 4096
-#: Memory for one column slice of a dense matrix during exact scoring.
-SLICE_BYTES = 1 << 30
+#: Memory for one column slice of a dense matrix read in blocks, during exact scoring.
+SLICE_BYTES = 2 << 30
+#: Columns summed together (float64) in the dense scoring kernel; slices are multiples of it.
+TILE = 256
 #: k-means: rows sampled per cluster to fit the centroids, and iterations.
-KMEANS_SAMPLE_PER_CLUSTER = 64
+KMEANS_SAMPLE_PER_CLUSTER = 32
 KMEANS_ITERATIONS = 10
+
+#: Seconds spent in each stage by the last call (for the benchmarks).
+last_timings: dict[str, float] = {}
 
 
 class RowBlocks(Protocol):
@@ -78,7 +86,7 @@ class RowBlocks(Protocol):
 
 
 class InMemoryRows:
-    """Row-block view of an in-memory array or sparse matrix (no copy of the whole).
+    """Row-block view of an in-memory array or sparse matrix (nothing copied whole).
 
     ``iter_row_blocks`` yields dense float32 blocks, as a store on disk would;
     :attr:`matrix` keeps the original for the steps that can use it directly.
@@ -88,17 +96,16 @@ class InMemoryRows:
         if sp.issparse(M):
             self.matrix = sp.csr_matrix(M, dtype=np.float32)
         else:
-            self.matrix = np.asarray(M, dtype=np.float32)
-            if self.matrix.ndim != 2:
-                raise ValueError(f"expected a 2-D matrix, got shape {self.matrix.shape}")
+            self.matrix = np.ascontiguousarray(M, dtype=np.float32)
+        if self.matrix.ndim != 2:
+            raise ValueError(f"expected a 2-D matrix, got shape {self.matrix.shape}")
         self.shape = self.matrix.shape
 
     def iter_row_blocks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        for start in range(0, self.shape[0], rows):
-            block = self.matrix[start : start + rows]
+        for start, block in self.blocks(rows):
             yield start, block.toarray() if sp.issparse(block) else block
 
-    def _blocks(self, rows: int) -> Iterator[tuple[int, np.ndarray | sp.csr_matrix]]:
+    def blocks(self, rows: int) -> Iterator[tuple[int, np.ndarray | sp.csr_matrix]]:
         """Like :meth:`iter_row_blocks`, sparse blocks left sparse (cheaper products)."""
         for start in range(0, self.shape[0], rows):
             yield start, self.matrix[start : start + rows]
@@ -112,14 +119,14 @@ def as_row_blocks(M) -> RowBlocks:
 
 
 def _blocks(source: RowBlocks, rows: int = BLOCK_ROWS) -> Iterator[tuple[int, np.ndarray | sp.csr_matrix]]:
-    """One pass over ``source`` in row blocks, checked to be in order and complete."""
-    it = source._blocks(rows) if isinstance(source, InMemoryRows) else source.iter_row_blocks(rows)
-    n = source.shape[0]
+    """One pass over ``source`` in row blocks, checked to be consecutive and complete."""
+    it = source.blocks(rows) if isinstance(source, InMemoryRows) else source.iter_row_blocks(rows)
+    n, g = source.shape
     expected = 0
     for start, block in it:
-        if start != expected or block.ndim != 2 or block.shape[1] != source.shape[1]:
+        if start != expected or block.ndim != 2 or block.shape[1] != g:
             raise ValueError(
-                f"iter_row_blocks must yield consecutive blocks of {source.shape[1]} columns from row 0: "
+                f"iter_row_blocks must yield consecutive blocks of {g} columns from row 0: "
                 f"expected start {expected}, got {start} with shape {block.shape}"
             )
         if not sp.issparse(block):
@@ -137,63 +144,85 @@ def _row_norms(block) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64))
 
 
-def _normalised(block, norms: np.ndarray):
-    """Rows of ``block`` divided by ``norms`` (zero rows stay zero), float32."""
-    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0).astype(np.float32)
+def _normalised(block, inv: np.ndarray):
+    """Rows of ``block`` times ``inv`` (float32)."""
     if sp.issparse(block):
-        return sp.csr_matrix(sp.diags(scale) @ block, dtype=np.float32)
-    return block * scale[:, None]
+        return sp.csr_matrix(sp.diags(inv.astype(np.float32)) @ block, dtype=np.float32)
+    return block * inv.astype(np.float32)[:, None]
+
+
+def _inverse(norms: np.ndarray) -> np.ndarray:
+    return np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+
+
+def fit_basis(sample, n_components: int, rng: np.random.Generator) -> np.ndarray:
+    """Top right singular vectors (``G x d`` float32) of ``sample`` (rows already normalised).
+
+    Randomized subspace iteration (Halko et al. 2011, algorithm 4.4) with a
+    Rayleigh-Ritz step; the sample is in memory (dense or sparse).
+    """
+    n, g = sample.shape
+    d = max(1, min(n_components, g, n))
+    width = min(g, n, d + OVERSAMPLING)
+    # Multi-threaded OpenBLAS takes seconds on these small QRs (60x slower measured):
+    # the factorisations run on one thread, the products on n_jobs.
+    with threadpool_limits(limits=1, user_api="blas"):
+        Q = np.linalg.qr(rng.standard_normal((g, width)))[0]
+    for _ in range(N_POWER_ITERATIONS):
+        Z = np.asarray(sample.T @ np.asarray(sample @ Q.astype(np.float32)), dtype=np.float64)
+        with threadpool_limits(limits=1, user_api="blas"):
+            Q = np.linalg.qr(Z)[0]
+    Y = np.asarray(sample @ Q.astype(np.float32), dtype=np.float64)
+    with threadpool_limits(limits=1, user_api="blas"):
+        w, U = np.linalg.eigh(Y.T @ Y)
+    order = np.argsort(-w, kind="stable")[:d]
+    return np.ascontiguousarray((Q @ U[:, order]).astype(np.float32))
 
 
 def project(source: RowBlocks, n_components: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Streamed uncentred truncated SVD of the row-normalised matrix.
+    """Projections ``Mn V`` (``N x d`` float32) and float64 row norms, in two passes over the rows.
 
-    Randomized subspace iteration (Halko et al. 2011, algorithm 4.4 with a
-    Rayleigh-Ritz step): every pass computes ``Y = Mn Q`` and ``Mn^T Y`` block by
-    block. Returns the projections ``Mn V`` (``n x d`` float32, ``V`` the top right
-    singular vectors) and the float64 row norms of the input.
+    ``Mn`` is the row-normalised matrix and ``V`` its top right singular vectors,
+    fitted on :data:`PCA_SAMPLE_ROWS` rows drawn without replacement.
     """
     n, g = source.shape
-    d = max(1, min(n_components, g, n))
-    width = min(g, n, d + OVERSAMPLING)
-    Q = np.linalg.qr(rng.standard_normal((g, width)))[0].astype(np.float32)
-    Y = np.empty((n, width), dtype=np.float32)
+    picked = np.sort(rng.choice(n, size=min(n, PCA_SAMPLE_ROWS), replace=False))
     norms = np.empty(n, dtype=np.float64)
-    for p in range(PCA_PASSES):
-        Z = np.zeros((g, width), dtype=np.float64)
-        for start, block in _blocks(source):
-            stop = start + block.shape[0]
-            if p == 0:
-                norms[start:stop] = _row_norms(block)
-            Bn = _normalised(block, norms[start:stop])
-            Yb = np.asarray(Bn @ Q, dtype=np.float32)
-            Y[start:stop] = Yb
-            Z += np.asarray(Bn.T @ Yb, dtype=np.float64)
-        if p < PCA_PASSES - 1:
-            Q = np.linalg.qr(Z)[0].astype(np.float32)
-    # Rayleigh-Ritz: Q^T Mn^T Mn Q = U diag(s^2) U^T, so Mn V ~ Y U.
-    H = Q.astype(np.float64).T @ Z
-    w, U = np.linalg.eigh((H + H.T) / 2)
-    order = np.argsort(-w, kind="stable")[:d]
-    return np.ascontiguousarray(Y @ U[:, order].astype(np.float32)), norms
+    parts = []
+    for start, block in _blocks(source):
+        stop = start + block.shape[0]
+        norms[start:stop] = _row_norms(block)
+        lo, hi = np.searchsorted(picked, [start, stop])
+        if hi > lo:
+            rows = picked[lo:hi] - start
+            parts.append(_normalised(block[rows], _inverse(norms[picked[lo:hi]])))
+    sample = sp.vstack(parts, format="csr") if parts and sp.issparse(parts[0]) else np.concatenate(parts)
+    V = fit_basis(sample, n_components, rng)
+    del sample, parts
+    P = np.empty((n, V.shape[1]), dtype=np.float32)
+    inv = _inverse(norms)
+    for start, block in _blocks(source):
+        stop = start + block.shape[0]
+        P[start:stop] = np.asarray(_normalised(block, inv[start:stop]) @ V)
+    return P, norms
 
 
 def _kmeans(P: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
-    """Centroids of Lloyd's k-means on a sample of the rows of ``P`` (Euclidean)."""
+    """Centroids of Lloyd's k-means (Euclidean) fitted on a sample of the rows of ``P``."""
     n = P.shape[0]
     sample = P[np.sort(rng.choice(n, size=min(n, n_clusters * KMEANS_SAMPLE_PER_CLUSTER), replace=False))]
-    centroids = sample[rng.choice(sample.shape[0], size=n_clusters, replace=False)].copy()
+    centroids = sample[np.sort(rng.choice(sample.shape[0], size=n_clusters, replace=False))].copy()
     for _ in range(KMEANS_ITERATIONS):
         labels = _assign(sample, centroids)
-        sums = np.zeros_like(centroids, dtype=np.float64)
-        np.add.at(sums, labels, sample)
+        order = np.argsort(labels, kind="stable")
         counts = np.bincount(labels, minlength=n_clusters)
+        sums = np.add.reduceat(sample[order].astype(np.float64), np.r_[0, np.cumsum(counts)[:-1]], axis=0)
         filled = counts > 0
         centroids[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
     return centroids
 
 
-def _assign(P: np.ndarray, centroids: np.ndarray, block: int = 65536) -> np.ndarray:
+def _assign(P: np.ndarray, centroids: np.ndarray, block: int = 16384) -> np.ndarray:
     """Index of the nearest centroid of every row of ``P``."""
     c2 = np.einsum("ij,ij->i", centroids, centroids)
     out = np.empty(P.shape[0], dtype=np.int64)
@@ -202,10 +231,31 @@ def _assign(P: np.ndarray, centroids: np.ndarray, block: int = 65536) -> np.ndar
     return out
 
 
-def propose_candidates(P: np.ndarray, n_candidates: int, rng: np.random.Generator) -> np.ndarray:
-    """``n x c`` candidate rows by largest inner product of projections, within nearby clusters.
+@njit(parallel=True, cache=True)
+def _select_top(S, c, out):  # pragma: no cover - numba
+    """Columns of the ``c`` largest entries of every row of ``S`` (at the cut-off, lower columns)."""
+    b, p = S.shape
+    for r in prange(b):
+        row = S[r]
+        kth = np.partition(-row, c - 1)[c - 1]
+        k = 0
+        for q in range(p):
+            if -row[q] < kth:
+                out[r, k] = q
+                k += 1
+        for q in range(p):
+            if k >= c:
+                break
+            if -row[q] == kth:
+                out[r, k] = q
+                k += 1
 
-    ``c = min(n_candidates, n)``; a row's own index is not forced in (it is added later).
+
+def propose_candidates(P: np.ndarray, n_candidates: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates by largest inner product of projections within nearby clusters.
+
+    Returns ``(cand, labels)``: ``N x min(n_candidates, N)`` row indices and the
+    cluster of every row.
     """
     n = P.shape[0]
     c = min(n_candidates, n)
@@ -218,6 +268,7 @@ def propose_candidates(P: np.ndarray, n_candidates: int, rng: np.random.Generato
         labels = _assign(P, centroids)
         c2 = np.einsum("ij,ij->i", centroids, centroids)
         dist = c2[:, None] + c2[None, :] - 2 * (centroids @ centroids.T)
+        dist[np.arange(n_clusters), np.arange(n_clusters)] = -np.inf  # a cluster probes itself first
         probe = np.argsort(dist, axis=1, kind="stable")[:, : min(N_PROBE, n_clusters)]
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(len(probe) + 1))
@@ -227,63 +278,72 @@ def propose_candidates(P: np.ndarray, n_candidates: int, rng: np.random.Generato
         if rows.size == 0:
             continue
         pool = np.concatenate([members[j] for j in probe[cl]])
-        if pool.size < c:  # tiny pools: fall back to all rows
+        if pool.size < c:  # tiny pools: all rows
             pool = np.arange(n)
         Pp = P[pool]
         step = max(1, (1 << 22) // pool.size)
         for s in range(0, rows.size, step):
             q = rows[s : s + step]
-            S = P[q] @ Pp.T
-            top = np.argpartition(-S, c - 1, axis=1)[:, :c]
+            top = np.empty((q.size, c), dtype=np.int64)
+            _select_top(P[q] @ Pp.T, c, top)
             out[q] = pool[top]
-    return out
+    return out, labels
 
 
 @njit(parallel=True, cache=True)
-def _score_sparse(indptr, indices, data, cand, out):  # pragma: no cover - numba
-    """``out[i, t] = <row i, row cand[i, t]>`` (float64) of a CSR matrix with unit rows; -1 skipped."""
-    n, c = cand.shape
-    g = 0
-    for i in range(indices.size):
-        if indices[i] + 1 > g:
-            g = indices[i] + 1
-    for i in prange(n):
-        dense = np.zeros(max(g, 1), dtype=np.float64)
-        for p in range(indptr[i], indptr[i + 1]):
-            dense[indices[p]] = data[p]
-        for t in range(c):
-            j = cand[i, t]
-            if j < 0:
-                continue
-            acc = 0.0
-            for p in range(indptr[j], indptr[j + 1]):
-                acc += dense[indices[p]] * data[p]
-            out[i, t] = acc
+def _score_sparse(indptr, indices, data, g, order, cptr, cidx, out):  # pragma: no cover - numba
+    """``out[e] = <row i, row cidx[e]>`` for ``e`` in ``cptr[i]:cptr[i+1]``; CSR rows of unit norm, float64.
+
+    Rows are visited in ``order`` (by cluster) so that candidate rows are read
+    while in cache; every pair is summed in the same order whatever the threads.
+    """
+    n = order.size
+    chunk = 256
+    for ch in prange((n + chunk - 1) // chunk):
+        dense = np.zeros(g, dtype=np.float64)
+        for pp in range(ch * chunk, min(n, (ch + 1) * chunk)):
+            i = order[pp]
+            for p in range(indptr[i], indptr[i + 1]):
+                dense[indices[p]] = data[p]
+            for e in range(cptr[i], cptr[i + 1]):
+                j = cidx[e]
+                acc = 0.0
+                for p in range(indptr[j], indptr[j + 1]):
+                    acc += dense[indices[p]] * data[p]
+                out[e] = acc
+            for p in range(indptr[i], indptr[i + 1]):
+                dense[indices[p]] = 0.0
 
 
-@njit(parallel=True, cache=True)
-def _accumulate_dense(S, cand, out):  # pragma: no cover - numba
-    """``out[i, t] += <S[i], S[cand[i, t]]>`` in float64, for a column slice ``S`` of all rows."""
-    n, c = cand.shape
-    w = S.shape[1]
-    for i in prange(n):
-        for t in range(c):
-            j = cand[i, t]
-            if j < 0:
-                continue
-            acc = 0.0
-            for q in range(w):
-                acc += np.float64(S[i, q]) * np.float64(S[j, q])
-            out[i, t] += acc
+@njit(parallel=True, cache=True, fastmath=True)
+def _accumulate_dense(S, order, cptr, cidx, out):  # pragma: no cover - numba
+    """``out[e] += <S[i], S[cidx[e]]>`` (float64) for a column slice ``S`` of all rows.
+
+    Columns are taken :data:`TILE` at a time and rows in ``order`` (by cluster),
+    so that the candidate rows of a cluster stay in cache.
+    """
+    n, w = S.shape
+    chunk = 64
+    for t0 in range(0, w, 256):
+        t1 = min(w, t0 + 256)
+        for ch in prange((n + chunk - 1) // chunk):
+            for pp in range(ch * chunk, min(n, (ch + 1) * chunk)):
+                i = order[pp]
+                for e in range(cptr[i], cptr[i + 1]):
+                    j = cidx[e]
+                    acc = 0.0
+                    for q in range(t0, t1):
+                        acc += np.float64(S[i, q]) * np.float64(S[j, q])
+                    out[e] += acc
 
 
 class _Scorer:
-    """Exact cosines of candidate pairs ``(i, cand[i, t])`` of the full matrix."""
+    """Exact cosines of the candidate pairs ``(i, cidx[e])``, ``e`` in ``cptr[i]:cptr[i+1]``."""
 
-    def __init__(self, source: RowBlocks, norms: np.ndarray):
+    def __init__(self, source: RowBlocks, norms: np.ndarray, order: np.ndarray):
         self.source = source
-        self.norms = norms
-        self.inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        self.inv = _inverse(norms)
+        self.order = order
         self.sparse = None
         if isinstance(source, InMemoryRows) and sp.issparse(source.matrix):
             X = sp.csr_matrix(source.matrix, dtype=np.float64, copy=True)
@@ -291,84 +351,120 @@ class _Scorer:
             X.sort_indices()
             self.sparse = X
 
-    def __call__(self, cand: np.ndarray) -> np.ndarray:
+    def __call__(self, cptr: np.ndarray, cidx: np.ndarray) -> np.ndarray:
         n, g = self.source.shape
-        out = np.zeros(cand.shape, dtype=np.float64)
+        out = np.zeros(cidx.size, dtype=np.float64)
         if self.sparse is not None:
             X = self.sparse
-            _score_sparse(X.indptr, X.indices, X.data, cand, out)
+            _score_sparse(X.indptr, X.indices, X.data, g, self.order, cptr, cidx, out)
             return out.astype(np.float32)
-        width = int(max(1, min(g, SLICE_BYTES // (4 * max(n, 1)))))
-        for g0 in range(0, g, width):
-            g1 = min(g, g0 + width)
-            if isinstance(self.source, InMemoryRows):
-                S = self.source.matrix[:, g0:g1]
-                if g1 - g0 == g:
-                    S = np.ascontiguousarray(S)
-                else:
-                    S = np.ascontiguousarray(S)
-            else:
+        if isinstance(self.source, InMemoryRows):
+            _accumulate_dense(self.source.matrix, self.order, cptr, cidx, out)
+        else:
+            width = max(TILE, SLICE_BYTES // (4 * max(n, 1)) // TILE * TILE)
+            for g0 in range(0, g, width):
+                g1 = min(g, g0 + width)
                 S = np.empty((n, g1 - g0), dtype=np.float32)
                 for start, block in _blocks(self.source):
                     S[start : start + block.shape[0]] = block[:, g0:g1]
-            _accumulate_dense(S, cand, out)
-            del S
-        out *= self.inv[:, None]
-        valid = cand >= 0
-        out[valid] *= self.inv[cand[valid]]
+                _accumulate_dense(S, self.order, cptr, cidx, out)
+                del S
+        rows = np.repeat(np.arange(n), np.diff(cptr))
+        out *= self.inv[rows] * self.inv[cidx]
         return out.astype(np.float32)
 
 
-def _top(cand: np.ndarray, sims: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best ``m`` distinct candidates of every row by (similarity desc, index asc); -1 are padding."""
-    n = cand.shape[0]
-    key = np.where(cand >= 0, sims, -np.inf).astype(np.float64)
-    idx = np.where(cand >= 0, cand, np.iinfo(np.int64).max)
-    order = np.lexsort((idx, -key), axis=1)
-    cand = np.take_along_axis(cand, order, axis=1)
-    sims = np.take_along_axis(sims, order, axis=1)
-    # Drop duplicates (sorted next to each other: equal index, equal score).
-    dup = np.zeros(cand.shape, dtype=bool)
-    dup[:, 1:] = (cand[:, 1:] == cand[:, :-1]) & (cand[:, 1:] >= 0)
-    order = np.argsort(dup, axis=1, kind="stable")[:, :m]
-    rows = np.arange(n)[:, None]
-    return cand[rows, order], sims[rows, order]
+@njit(parallel=True, cache=True)
+def _merge_top(cptr, cidx, csim, m, indices, values):  # pragma: no cover - numba
+    """Best ``m`` candidates of every row by (similarity desc, index asc); a row's candidates are distinct."""
+    n = cptr.size - 1
+    for i in prange(n):
+        idx = cidx[cptr[i] : cptr[i + 1]]
+        sim = csim[cptr[i] : cptr[i + 1]]
+        by_index = np.argsort(idx)
+        key = -sim[by_index].astype(np.float64)
+        best = by_index[np.argsort(key, kind="mergesort")]
+        for t in range(m):
+            indices[i, t] = idx[best[t]]
+            values[i, t] = sim[best[t]]
 
 
-def _refine_candidates(indices: np.ndarray, scored: np.ndarray) -> np.ndarray:
-    """Neighbours of neighbours and reverse neighbours of every row, minus those already scored (-1 padded)."""
+@njit(parallel=True, cache=True)
+def _refine(indices, scored_ptr, scored_idx, rptr, ridx, count_only, out_ptr, out_idx):  # pragma: no cover
+    """New candidates of every row: neighbours of its neighbours and its reverse neighbours, unscored ones.
+
+    ``scored_idx[scored_ptr[i]:scored_ptr[i+1]]`` (sorted) are the rows already
+    scored for row ``i``. With ``count_only``, writes the counts to ``out_ptr[i + 1]``.
+    """
     n, m = indices.shape
-    forward = indices[indices].reshape(n, m * m)
-    # Reverse lists: row j gets every i with j in indices[i] (at most m of them kept).
+    for i in prange(n):
+        buf = np.empty(m * m + (rptr[i + 1] - rptr[i]), dtype=np.int64)
+        k = 0
+        for a in range(m):
+            j = indices[i, a]
+            for b in range(m):
+                buf[k] = indices[j, b]
+                k += 1
+        for e in range(rptr[i], rptr[i + 1]):
+            buf[k] = ridx[e]
+            k += 1
+        buf = np.sort(buf[:k])
+        done = scored_idx[scored_ptr[i] : scored_ptr[i + 1]]
+        pos = np.searchsorted(done, buf)
+        w = 0
+        prev = -1
+        base = out_ptr[i]
+        for t in range(k):
+            v = buf[t]
+            if v == prev:
+                continue
+            prev = v
+            if pos[t] < done.size and done[pos[t]] == v:
+                continue
+            if not count_only:
+                out_idx[base + w] = v
+            w += 1
+        if count_only:
+            out_ptr[i + 1] = w
+
+
+def _reverse_lists(indices: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every row, up to ``cap`` rows that list it (lowest indices first), as CSR arrays."""
+    n, m = indices.shape
     src = np.repeat(np.arange(n), m)
     dst = indices.ravel()
     order = np.argsort(dst, kind="stable")
     src, dst = src[order], dst[order]
     rank = np.arange(dst.size) - np.searchsorted(dst, dst)
-    keep = rank < m
-    reverse = np.full((n, m), -1, dtype=np.int64)
-    reverse[dst[keep], rank[keep]] = src[keep]
-    new = np.concatenate([forward, reverse], axis=1)
-    new.sort(axis=1)
-    dup = np.zeros(new.shape, dtype=bool)
-    dup[:, 1:] = new[:, 1:] == new[:, :-1]
-    # Already scored: compare each entry with the sorted scored list of its row.
-    done = np.sort(scored, axis=1)
-    pos = np.minimum(_row_searchsorted(done, new), done.shape[1] - 1)
-    seen = np.take_along_axis(done, pos, axis=1) == new
-    new[dup | seen] = -1
-    width = int((new >= 0).sum(axis=1).max()) if new.size else 0
-    order = np.argsort(new < 0, axis=1, kind="stable")[:, : max(width, 1)]
-    return np.take_along_axis(new, order, axis=1)
+    keep = rank < cap
+    counts = np.bincount(dst[keep], minlength=n)
+    return np.r_[0, np.cumsum(counts)].astype(np.int64), src[keep].astype(np.int64)
 
 
-def _row_searchsorted(a: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``np.searchsorted(a[i], v[i])`` for every row (``a`` rows sorted)."""
-    n = a.shape[0]
-    span = np.int64(max(int(a.max(initial=0)), int(v.max(initial=0))) + 2)
-    offset = np.arange(n, dtype=np.int64)[:, None] * span
-    flat = np.searchsorted((a + 1 + offset).ravel(), (v + 1 + offset).ravel())
-    return flat.reshape(v.shape) - np.arange(n)[:, None] * a.shape[1]
+def _refine_candidates(indices, scored_ptr, scored_idx):
+    n = indices.shape[0]
+    rptr, ridx = _reverse_lists(indices, indices.shape[1])
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    _refine(indices, scored_ptr, scored_idx, rptr, ridx, True, ptr, np.empty(0, dtype=np.int64))
+    np.cumsum(ptr, out=ptr)
+    idx = np.empty(ptr[-1], dtype=np.int64)
+    _refine(indices, scored_ptr, scored_idx, rptr, ridx, False, ptr, idx)
+    return ptr, idx
+
+
+def _union(ptr_a, idx_a, ptr_b, idx_b):
+    """Row-wise concatenation of two CSR index lists."""
+    n = ptr_a.size - 1
+    counts = np.diff(ptr_a) + np.diff(ptr_b)
+    ptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    rows_a = np.repeat(np.arange(n), np.diff(ptr_a))
+    rows_b = np.repeat(np.arange(n), np.diff(ptr_b))
+    pos_a = ptr[rows_a] + (np.arange(idx_a.size) - ptr_a[rows_a])
+    pos_b = ptr[rows_b] + np.diff(ptr_a)[rows_b] + (np.arange(idx_b.size) - ptr_b[rows_b])
+    idx = np.empty(ptr[-1], dtype=np.int64)
+    idx[pos_a] = idx_a
+    idx[pos_b] = idx_b
+    return ptr, idx, pos_a, pos_b
 
 
 def approximate_neighbours(
@@ -381,20 +477,22 @@ def approximate_neighbours(
     M
         ``N x G`` numpy array, scipy sparse matrix, or any object with ``shape`` and
         ``iter_row_blocks(rows)`` yielding ``(start, dense float32 block)`` in order
-        (each call a new pass; a few sequential passes are made).
+        (each call a new pass; a few sequential passes are made, see the module doc).
     n_neighbours
         Entries kept per row (``k + 1`` with the row itself).
     random_state
-        Seed of the projection and of the clustering.
+        Seed of the row sample, the projection and the clustering.
     n_jobs
-        Threads (BLAS and the scoring loops); the global settings are restored.
+        Threads (BLAS and the compiled loops); global settings are restored after.
 
     Returns
     -------
     indices, values
         ``N x min(n_neighbours, N)`` int64 row indices and float32 exact cosine
-        similarities (in the full space), each row by decreasing similarity, ties
-        to the lower index, as :func:`sccr._graph.top_neighbours` gives them.
+        similarities (full space), every row by decreasing similarity, ties to
+        the lower index, as :func:`sccr._graph.top_neighbours` gives them. A row
+        is its own first neighbour unless it is all zeros or has exact duplicates
+        of lower index.
     """
     source = as_row_blocks(M)
     n, g = source.shape
@@ -402,35 +500,53 @@ def approximate_neighbours(
     if n == 0 or m == 0:
         return np.empty((n, m), dtype=np.int64), np.empty((n, m), dtype=np.float32)
     rng = np.random.default_rng(random_state)
+    n_jobs = max(1, int(n_jobs))
     previous = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(int(n_jobs), numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(min(n_jobs, numba.config.NUMBA_NUM_THREADS))
+    timings = {}
+    clock = time.perf_counter()
+
+    def lap(name):
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = now - clock
+        clock = now
+
     try:
-        with threadpool_limits(limits=max(1, int(n_jobs))):
+        with threadpool_limits(limits=n_jobs):
             P, norms = project(source, N_COMPONENTS, rng)
-            cand = propose_candidates(P, max(N_CANDIDATES, m), rng)
+            lap("project")
+            cand, labels = propose_candidates(P, max(N_CANDIDATES, m), rng)
             del P
-            cand = np.concatenate([np.arange(n)[:, None], cand], axis=1)  # every row scores itself
-            cand = _dedupe(cand)
-            scorer = _Scorer(source, norms)
-            sims = scorer(cand)
-            indices, values = _top(cand, sims, m)
-            scored = cand
+            lap("candidates")
+            # Every row also scores itself; duplicates go.
+            cand = np.concatenate([np.arange(n)[:, None], cand], axis=1)
+            cand.sort(axis=1)
+            keep = np.ones(cand.shape, dtype=bool)
+            keep[:, 1:] = cand[:, 1:] != cand[:, :-1]
+            ptr = np.r_[0, np.cumsum(keep.sum(axis=1))].astype(np.int64)
+            idx = cand[keep]
+            del cand, keep
+            scorer = _Scorer(source, norms, np.argsort(labels, kind="stable"))
+            sims = scorer(ptr, idx)
+            lap("score")
+            indices = np.empty((n, m), dtype=np.int64)
+            values = np.empty((n, m), dtype=np.float32)
+            _merge_top(ptr, idx, sims, m, indices, values)
             for _ in range(N_REFINE):
-                new = _refine_candidates(indices, scored)
-                new_sims = scorer(new)
-                indices, values = _top(
-                    np.concatenate([indices, new], axis=1), np.concatenate([values, new_sims], axis=1), m
-                )
-                scored = np.concatenate([scored, new], axis=1)
+                new_ptr, new_idx = _refine_candidates(indices, ptr, idx)
+                new_sims = scorer(new_ptr, new_idx)
+                ptr, idx, pos_a, pos_b = _union(ptr, idx, new_ptr, new_idx)
+                all_sims = np.empty(idx.size, dtype=np.float32)
+                all_sims[pos_a], all_sims[pos_b] = sims, new_sims
+                sims = all_sims
+                _merge_top(ptr, idx, sims, m, indices, values)
+                # Keep each row's scored list sorted for the next round's look-ups.
+                order = np.lexsort((idx, np.repeat(np.arange(n), np.diff(ptr))))
+                idx, sims = idx[order], sims[order]
+            lap("refine")
     finally:
         numba.set_num_threads(previous)
-    return np.ascontiguousarray(indices, dtype=np.int64), np.ascontiguousarray(values, dtype=np.float32)
-
-
-def _dedupe(cand: np.ndarray) -> np.ndarray:
-    """Repeated entries of a row replaced by -1."""
-    s = np.sort(cand, axis=1)
-    dup = np.zeros(s.shape, dtype=bool)
-    dup[:, 1:] = s[:, 1:] == s[:, :-1]
-    s[dup] = -1
-    return s
+    last_timings.clear()
+    last_timings.update(timings)
+    return indices, values
