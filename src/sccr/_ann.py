@@ -231,24 +231,53 @@ def _assign(P: np.ndarray, centroids: np.ndarray, block: int = 16384) -> np.ndar
     return out
 
 
+@njit(cache=True)
+def _select_row(row, c, out):  # pragma: no cover - numba
+    """Columns of the ``c`` largest entries of ``row`` (at the cut-off, lower columns), ascending.
+
+    A threshold from a strided sample (rank ``2c/stride``) keeps about ``2c``
+    entries; the exact cut-off is then found among them. If fewer than ``c``
+    pass (unlucky sample), the whole row is partitioned.
+    """
+    p = row.size
+    stride = 8
+    cut = -np.inf
+    if p >= 16 * c:
+        sub = -row[::stride]
+        rank = min(sub.size - 1, 2 * c // stride + 1)
+        cut = -np.partition(sub, rank)[rank]
+    buf = np.empty(p, dtype=np.int64)
+    k = 0
+    for q in range(p):
+        if row[q] >= cut:
+            buf[k] = q
+            k += 1
+    if k < c:  # the sample was unlucky: every entry is a candidate
+        k = p
+        for q in range(p):
+            buf[q] = q
+    vals = np.empty(k, dtype=row.dtype)
+    for t in range(k):
+        vals[t] = -row[buf[t]]
+    kth = np.partition(vals, c - 1)[c - 1]
+    w = 0
+    for t in range(k):
+        if vals[t] < kth:
+            out[w] = buf[t]
+            w += 1
+    for t in range(k):
+        if w >= c:
+            break
+        if vals[t] == kth:
+            out[w] = buf[t]
+            w += 1
+
+
 @njit(parallel=True, cache=True)
 def _select_top(S, c, out):  # pragma: no cover - numba
     """Columns of the ``c`` largest entries of every row of ``S`` (at the cut-off, lower columns)."""
-    b, p = S.shape
-    for r in prange(b):
-        row = S[r]
-        kth = np.partition(-row, c - 1)[c - 1]
-        k = 0
-        for q in range(p):
-            if -row[q] < kth:
-                out[r, k] = q
-                k += 1
-        for q in range(p):
-            if k >= c:
-                break
-            if -row[q] == kth:
-                out[r, k] = q
-                k += 1
+    for r in prange(S.shape[0]):
+        _select_row(S[r], c, out[r])
 
 
 def propose_candidates(P: np.ndarray, n_candidates: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
