@@ -382,11 +382,12 @@ class _Scorer:
 
     def __call__(self, cptr: np.ndarray, cidx: np.ndarray) -> np.ndarray:
         n, g = self.source.shape
-        out = np.zeros(cidx.size, dtype=np.float64)
-        if self.sparse is not None:
+        if self.sparse is not None:  # rows already normalised: one float64 sum per pair
             X = self.sparse
+            out = np.zeros(cidx.size, dtype=np.float64)
             _score_sparse(X.indptr, X.indices, X.data, g, self.order, cptr, cidx, out)
             return out.astype(np.float32)
+        out = np.zeros(cidx.size, dtype=np.float64)
         if isinstance(self.source, InMemoryRows):
             _accumulate_dense(self.source.matrix, self.order, cptr, cidx, out)
         else:
@@ -398,9 +399,37 @@ class _Scorer:
                     S[start : start + block.shape[0]] = block[:, g0:g1]
                 _accumulate_dense(S, self.order, cptr, cidx, out)
                 del S
-        rows = np.repeat(np.arange(n), np.diff(cptr))
-        out *= self.inv[rows] * self.inv[cidx]
-        return out.astype(np.float32)
+        return _scaled(out, cptr, cidx, self.inv)
+
+
+@njit(parallel=True, cache=True)
+def _scaled(out, cptr, cidx, inv):  # pragma: no cover - numba
+    """``out[e] * inv[i] * inv[cidx[e]]`` rounded to float32 (dot products of raw rows to cosines)."""
+    res = np.empty(out.size, dtype=np.float32)
+    for i in prange(cptr.size - 1):
+        for e in range(cptr[i], cptr[i + 1]):
+            res[e] = np.float32(out[e] * inv[i] * inv[cidx[e]])
+    return res
+
+
+@njit(parallel=True, cache=True)
+def _merge_new(indices, values, cptr, cidx, csim):  # pragma: no cover - numba
+    """Current lists (best first) merged with new distinct candidates; best ``m`` kept in place."""
+    n, m = indices.shape
+    for i in prange(n):
+        k = m + cptr[i + 1] - cptr[i]
+        idx = np.empty(k, dtype=np.int64)
+        sim = np.empty(k, dtype=np.float32)
+        idx[:m] = indices[i]
+        sim[:m] = values[i]
+        idx[m:] = cidx[cptr[i] : cptr[i + 1]]
+        sim[m:] = csim[cptr[i] : cptr[i + 1]]
+        by_index = np.argsort(idx)
+        key = -sim[by_index].astype(np.float64)
+        best = by_index[np.argsort(key, kind="mergesort")]
+        for t in range(m):
+            indices[i, t] = idx[best[t]]
+            values[i, t] = sim[best[t]]
 
 
 @njit(parallel=True, cache=True)
@@ -562,17 +591,16 @@ def approximate_neighbours(
             indices = np.empty((n, m), dtype=np.int64)
             values = np.empty((n, m), dtype=np.float32)
             _merge_top(ptr, idx, sims, m, indices, values)
-            for _ in range(N_REFINE):
+            del sims
+            for r in range(N_REFINE):
                 new_ptr, new_idx = _refine_candidates(indices, ptr, idx)
+                timings[f"refine_candidates_per_row_{r}"] = float(new_idx.size / n)
                 new_sims = scorer(new_ptr, new_idx)
-                ptr, idx, pos_a, pos_b = _union(ptr, idx, new_ptr, new_idx)
-                all_sims = np.empty(idx.size, dtype=np.float32)
-                all_sims[pos_a], all_sims[pos_b] = sims, new_sims
-                sims = all_sims
-                _merge_top(ptr, idx, sims, m, indices, values)
-                # Keep each row's scored list sorted for the next round's look-ups.
-                order = np.lexsort((idx, np.repeat(np.arange(n), np.diff(ptr))))
-                idx, sims = idx[order], sims[order]
+                _merge_new(indices, values, new_ptr, new_idx, new_sims)
+                if r + 1 < N_REFINE:  # the next round skips every row scored so far
+                    ptr, idx, _, _ = _union(ptr, idx, new_ptr, new_idx)
+                    idx = idx[np.lexsort((idx, np.repeat(np.arange(n), np.diff(ptr))))]
+                del new_ptr, new_idx, new_sims
             lap("refine")
     finally:
         numba.set_num_threads(previous)
