@@ -25,9 +25,10 @@ MAX_EXTRA_CANDIDATES = 256
 #: Number of similarities held at once by the blockwise search (32 MiB of float32).
 SIMILARITY_BLOCK_ELEMENTS = 1 << 23
 
-#: ``knn="auto"`` uses the approximate search from this many rows on (docs/knn.md:
-#: measured crossing point of exact and approximate times, with a margin).
-APPROX_MIN_CELLS = 50_000
+#: ``knn="auto"`` uses the approximate search from this many rows on (docs/knn.md: the
+#: times cross near 8k rows; 20k keeps the exact graph for data sets of usual size, and
+#: the exact search costs under a minute per graph there).
+APPROX_MIN_CELLS = 20_000
 KNN_METHODS = ("exact", "approx", "auto")
 
 
