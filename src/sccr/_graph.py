@@ -26,6 +26,21 @@ MAX_EXTRA_CANDIDATES = 256
 #: Number of similarities held at once by the blockwise search (32 MiB of float32).
 SIMILARITY_BLOCK_ELEMENTS = 1 << 23
 
+#: ``knn="auto"`` uses the approximate search from this many rows on (docs/knn.md: the
+#: times cross near 8k rows; 20k keeps the exact graph for data sets of usual size, and
+#: the exact search costs under a minute per graph there).
+APPROX_MIN_CELLS = 20_000
+KNN_METHODS = ("exact", "approx", "auto")
+
+
+def resolve_knn(knn: str, n_rows: int) -> str:
+    """``"exact"`` or ``"approx"``: the search ``knn_graph`` runs for ``knn`` on ``n_rows`` rows."""
+    if knn not in KNN_METHODS:
+        raise ValueError(f"knn must be one of {KNN_METHODS}, got {knn!r}")
+    if knn == "auto":
+        return "approx" if n_rows >= APPROX_MIN_CELLS else "exact"
+    return knn
+
 
 def _row_normalised(M: np.ndarray | sp.spmatrix) -> np.ndarray | sp.csr_matrix:
     """Rows scaled to unit L2 norm in float32; all-zero rows stay zero."""
@@ -228,11 +243,25 @@ def graph_from_neighbours(
     return A
 
 
-def knn_graph(M: np.ndarray | sp.spmatrix, k: int, *, sym: bool, norm: str = "row") -> sp.csr_matrix:
+def knn_graph(
+    M,
+    k: int,
+    *,
+    sym: bool,
+    norm: str = "row",
+    knn: str = "exact",
+    random_state: int | None = 0,
+    n_jobs: int = 1,
+) -> sp.csr_matrix:
     """Cosine k-NN graph over the rows of ``M`` (ALGORITHM.md, building block 1).
 
-    Candidates are found with float32 products and ranked on exact (float64)
-    cosines. Each row keeps its ``k + 1`` most similar rows (itself included), negative
+    ``knn="exact"``: candidates are found with float32 products and ranked on exact
+    (float64) cosines. ``knn="approx"``: :func:`sccr._ann.approximate_neighbours`
+    (candidates from a projection, scored with the exact cosine; ``random_state``
+    and ``n_jobs`` apply to it only); ``M`` may then also be an object read in row
+    blocks (``shape`` and ``iter_row_blocks``). ``knn="auto"``: approximate from
+    :data:`APPROX_MIN_CELLS` rows on (:func:`resolve_knn`).
+    Each row keeps its ``k + 1`` most similar rows (itself included), negative
     similarities become 0, a self-loop of weight 1 is added, the graph is
     symmetrised when ``sym`` and normalised so that every row sums to 1.
 
@@ -241,6 +270,14 @@ def knn_graph(M: np.ndarray | sp.spmatrix, k: int, *, sym: bool, norm: str = "ro
     scipy.sparse.csr_matrix
         ``n x n``, float32, with about ``k + 1`` to ``2 (k + 1)`` entries per row.
     """
+    if resolve_knn(knn, M.shape[0]) == "approx":
+        from ._ann import approximate_neighbours
+
+        indices, values = approximate_neighbours(M, k + 1, random_state=random_state, n_jobs=n_jobs)
+        np.maximum(values, 0, out=values)
+        return graph_from_neighbours(indices, values, sym=sym, norm=norm)
+    if hasattr(M, "iter_row_blocks") and not isinstance(M, np.ndarray) and not sp.issparse(M):
+        M = np.concatenate([block for _, block in M.iter_row_blocks(4096)])  # exact: all rows in memory
     if sp.issparse(M):
         M = sp.csr_matrix(M, dtype=np.float32)
     else:
