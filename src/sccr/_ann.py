@@ -393,13 +393,33 @@ class _Scorer:
         else:
             width = max(TILE, SLICE_BYTES // (4 * max(n, 1)) // TILE * TILE)
             for g0 in range(0, g, width):
-                g1 = min(g, g0 + width)
-                S = np.empty((n, g1 - g0), dtype=np.float32)
-                for start, block in _blocks(self.source):
-                    S[start : start + block.shape[0]] = block[:, g0:g1]
+                S = self._column_slice(g0, min(g, g0 + width))
                 _accumulate_dense(S, self.order, cptr, cidx, out)
                 del S
         return _scaled(out, cptr, cidx, self.inv)
+
+
+    def _column_slice(self, g0: int, g1: int) -> np.ndarray:
+        """Columns ``g0..g1`` of every row: read directly where the source can (a scratch file of
+        column panels), else gathered from one pass over its row blocks."""
+        if hasattr(self.source, "columns"):
+            return np.ascontiguousarray(self.source.columns(g0, g1), dtype=np.float32)
+        S = np.empty((self.source.shape[0], g1 - g0), dtype=np.float32)
+        for start, block in _blocks(self.source):
+            S[start : start + block.shape[0]] = block[:, g0:g1]
+        return S
+
+
+def search_bytes(n_rows: int, n_cols: int, *, streamed: bool) -> int:
+    """Peak bytes :func:`approximate_neighbours` adds for an ``n_rows x n_cols`` matrix.
+
+    The projections, the candidate lists with their scores (about
+    ``N_CANDIDATES`` per row, then as many again in the refinement round), and,
+    for a matrix read in blocks, one column slice of at most :data:`SLICE_BYTES`.
+    """
+    per_row = 4 * N_COMPONENTS + 2 * (N_CANDIDATES + 1) * (8 + 8 + 4) + 64
+    sample = 4 * min(n_rows, PCA_SAMPLE_ROWS) * n_cols
+    return n_rows * per_row + sample + (min(SLICE_BYTES, 4 * n_rows * n_cols) if streamed else 0)
 
 
 @njit(parallel=True, cache=True)

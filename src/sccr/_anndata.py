@@ -76,10 +76,12 @@ def impute(
     sym_final
         Symmetrise the final cell graph.
     knn
-        Neighbour search: ``"exact"``; ``"auto"`` currently always exact.
+        Neighbour search for the cell graphs: ``"exact"``, ``"approx"`` (candidates
+        from a projection, scored with the exact cosine; see docs/knn.md) or
+        ``"auto"`` (approximate from 20,000 cells on). Gene graphs are always exact.
     random_state
-        Seed recorded for the randomised parts (approximate search); exact runs
-        are deterministic whatever its value.
+        Seed of the approximate search (exact runs are deterministic whatever its
+        value); with a given seed and ``n_jobs``, runs are reproducible.
     n_jobs
         Threads (``None`` or ``-1``: all available cores).
     progress

@@ -111,7 +111,7 @@ class SCCR(TransformerMixin, BaseEstimator):
         params = check_params(
             method=self.method, k=self.k, k_gene=self.k_gene, n_iter=self.n_iter,
             alpha=self.alpha, beta=self.beta, gamma=self.gamma, sym_final=self.sym_final,
-            knn=self.knn, n_jobs=self.n_jobs, progress=self.progress,
+            knn=self.knn, n_jobs=self.n_jobs, progress=self.progress, random_state=self.random_state,
         )
         X = check_expression(X, params.k, k_gene=None if params.method == "scfp" else params.k_gene)
         check_scratch_dir(self.scratch_dir)

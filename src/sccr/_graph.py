@@ -342,12 +342,3 @@ def signed_gene_graph(
     indices, values = top_neighbours(correlation_blocks(), g, k + 1, signed=True)
     return graph_from_neighbours(indices, values, sym=True)
 
-
-def resolve_knn(knn: str, n_rows: int) -> str:
-    """``"exact"`` or ``"approx"`` for a search over ``n_rows`` rows (``"auto"`` decides by size)."""
-    return "exact" if knn == "auto" else knn
-
-
-def approximate_search_bytes(n_rows: int, n_cols: int) -> int:
-    """Peak bytes of an approximate search over ``n_rows`` rows of ``n_cols`` columns."""
-    return 0

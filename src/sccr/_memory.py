@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ._graph import SIMILARITY_BLOCK_ELEMENTS, approximate_search_bytes, resolve_knn
+from ._ann import search_bytes
+from ._graph import SIMILARITY_BLOCK_ELEMENTS, resolve_knn
 from ._pipeline import GENE_STAGE_CELL_CHUNK, Params
 from ._propagation import DEFAULT_CHUNK
 
@@ -132,14 +133,15 @@ def estimate_peak_bytes(
     output_in_memory
         The imputed matrix is returned as an array (not streamed to a file).
     exact
-        Exact neighbour search (which normalises a copy of its matrix), or approximate.
+        Exact neighbour search (which normalises a copy of its matrix), or the
+        approximate one (:func:`sccr._ann.search_bytes`).
     """
     n, g = int(n_cells), int(n_genes)
     if out_of_core:  # the exact search loads its matrix and normalises a copy; the output fills at the end
         dense = 4 * n * g * max(2 * exact, int(output_in_memory))
     else:
         dense = 4 * n * g * (DENSE_COPIES[method] - (not output_in_memory) - (not exact))
-    search = 0 if exact else approximate_search_bytes(n, g)
+    search = 0 if exact else search_bytes(n, g, streamed=out_of_core)
     # Sparse input: the normalised float32 copy and the float64 copy of the exact
     # re-ranking (knn), the CSC copy of every cell-wise propagation, and the rows of a
     # similarity block made dense.

@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from ._graph import knn_graph, signed_gene_graph
 from ._propagation import DEFAULT_CHUNK, propagate, propagate_chunks
-from ._store import SliceStore, Workspace, as_store
+from ._store import PanelFile, SliceStore, Workspace, as_store
 
 METHODS = ("sccr", "scfp", "scbfp")
 
@@ -40,6 +40,7 @@ class Params:
     gamma: float = 0.01
     sym_final: bool = True
     knn: str = "auto"
+    random_state: int | None = 0
     n_jobs: int = 1
     progress: bool = False
     chunk: int = DEFAULT_CHUNK
@@ -164,10 +165,11 @@ def _propagate_stage(
 
 
 def _knn_stage(t: _Timer, stage: str, M, k: int, p: Params, *, sym: bool) -> sp.csr_matrix:
+    """A cell graph over the rows of ``M``: an array, or a scratch file read in blocks (approximate search)."""
     with t.stage(stage):
-        if isinstance(M, SliceStore):
+        if isinstance(M, SliceStore) and not isinstance(M, PanelFile):
             M = M.to_array()
-        return knn_graph(M, k, sym=sym)
+        return knn_graph(M, k, sym=sym, knn=p.knn, random_state=p.random_state, n_jobs=p.n_jobs)
 
 
 def _run_sccr(X, p: Params, t: _Timer, ws: Workspace, out: SliceStore) -> Result:

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from ._pipeline import METHODS, Params
 
-KNN_MODES = ("auto", "exact")
+KNN_MODES = ("auto", "exact", "approx")
 
 
 class InputError(ValueError):
@@ -222,8 +222,16 @@ def _check_fraction(name: str, value) -> float:
     return value
 
 
+def _check_seed(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InputError(f"random_state must be a non-negative integer or None, got {value!r}")
+    return int(value)
+
+
 def check_params(
-    *, method, k, k_gene, n_iter, alpha, beta, gamma, sym_final, knn, n_jobs, progress
+    *, method, k, k_gene, n_iter, alpha, beta, gamma, sym_final, knn, n_jobs, progress, random_state=0
 ) -> Params:
     """Validate the options of :func:`sccr.impute` and :class:`sccr.SCCR` into :class:`Params`."""
     from ._progress import resolve_progress
@@ -242,6 +250,7 @@ def check_params(
         gamma=_check_fraction("gamma", gamma),
         sym_final=bool(sym_final),
         knn=knn,
+        random_state=_check_seed(random_state),
         n_jobs=resolve_n_jobs(n_jobs),
         progress=resolve_progress(progress),
     )
