@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import naive
 from sccr._graph import knn_graph
-from sccr._propagation import propagate
+from sccr._propagation import locality_order, propagate, propagate_block, reorder_graph
 
 
 @pytest.fixture
@@ -138,6 +138,66 @@ def test_columns_propagate_independently(A, X):
     full = propagate(A, X, 9, hard=True, chunk=5)
     single = propagate(A, X[:, [11]], 9, hard=True)
     np.testing.assert_array_equal(full[:, [11]], single)
+
+
+# --- renumbering for locality ---------------------------------------------------------
+
+
+def shuffled_path(n: int, seed: int = 0) -> tuple[sp.csr_matrix, np.ndarray]:
+    """The path graph 0-1-...-(n-1) (row-stochastic, self-loops), its nodes relabelled at random."""
+    labels = np.random.default_rng(seed).permutation(n)
+    rows, cols = [], []
+    for i in range(n):
+        for j in (i - 1, i, i + 1):
+            if 0 <= j < n:
+                rows.append(labels[i])
+                cols.append(labels[j])
+    A = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n, n))
+    return sp.csr_matrix(A.multiply(1 / A.sum(axis=1)), dtype=np.float32), labels
+
+
+def bandwidth(A: sp.csr_matrix) -> int:
+    coo = A.tocoo()
+    return int(np.abs(coo.row - coo.col).max())
+
+
+def test_locality_order_puts_path_neighbours_next_to_each_other():
+    A, _ = shuffled_path(200)
+    assert bandwidth(A) > 100
+    order = locality_order(A)
+    np.testing.assert_array_equal(np.sort(order), np.arange(200))
+    assert bandwidth(reorder_graph(A, order)) == 1
+
+
+def test_locality_order_of_a_directed_graph_is_a_permutation():
+    rng = np.random.default_rng(3)
+    A = sp.csr_matrix(rng.random((40, 40)) * (rng.random((40, 40)) < 0.1), dtype=np.float32)  # not symmetric
+    np.testing.assert_array_equal(np.sort(locality_order(A)), np.arange(40))
+
+
+def test_reorder_graph_relabels_nodes_and_keeps_each_rows_stored_order():
+    rng = np.random.default_rng(1)
+    A = sp.csr_matrix(rng.random((30, 30)) * (rng.random((30, 30)) < 0.2), dtype=np.float32)
+    A.indices = np.ascontiguousarray(A.indices[::-1])  # stored order that is not sorted ...
+    A.data = np.ascontiguousarray(A.data[::-1])
+    A = sp.csr_matrix((A.data, A.indices, A.indptr[-1] - A.indptr[::-1]), shape=A.shape)  # ... in reversed rows
+    assert any(np.any(np.diff(A.indices[A.indptr[i] : A.indptr[i + 1]]) < 0) for i in range(30))
+    order = rng.permutation(30)
+    B = reorder_graph(A, order)
+    np.testing.assert_array_equal(B.toarray(), A.toarray()[np.ix_(order, order)])
+    inverse = np.argsort(order)
+    for new, old in enumerate(order):
+        np.testing.assert_array_equal(B.data[B.indptr[new] : B.indptr[new + 1]], A.data[A.indptr[old] : A.indptr[old + 1]])
+        np.testing.assert_array_equal(B.indices[B.indptr[new] : B.indptr[new + 1]], inverse[A.indices[A.indptr[old] : A.indptr[old + 1]]])
+
+
+@pytest.mark.parametrize("hard", [True, False])
+def test_renumbered_propagation_is_bitwise_the_kernel_in_the_original_numbering(hard):
+    A, labels = shuffled_path(300, seed=2)
+    rng = np.random.default_rng(0)
+    X0 = (rng.random((300, 70)) * (rng.random((300, 70)) < 0.3)).astype(np.float32)
+    out = propagate(A, X0, 25, hard=hard, beta=0.9, n_jobs=2)
+    np.testing.assert_array_equal(out, propagate_block(A, X0, None, n_iter=25, hard=hard, beta=0.9))
 
 
 # --- property-based: random graphs, shapes, chunkings ---------------------------------

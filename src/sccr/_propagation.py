@@ -4,6 +4,12 @@ Every feature column propagates independently on a fixed graph, so the work is
 split into chunks of columns that each run all iterations while they sit in the
 CPU cache. One compiled kernel serves both layouts of scCR: cells as nodes with
 chunks of genes as features, and genes as nodes with chunks of cells as features.
+
+On large graphs a chunk no longer fits in cache and every neighbour is a random
+read; the nodes are therefore renumbered (reverse Cuthill-McKee) so that
+neighbours sit close in memory, and each chunk is permuted on its way in and
+back on its way out. Every row keeps its neighbours in their stored order, so the
+sums, and the result, are bitwise those of the original numbering.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import scipy.sparse as sp
 from numba import njit
+from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from ._executor import current_executor
 from ._progress import stage_bar
@@ -65,6 +72,26 @@ def propagate_block(
     return out
 
 
+def locality_order(A: sp.csr_matrix) -> np.ndarray:
+    """A renumbering of ``A``'s nodes that keeps neighbours close: reverse Cuthill-McKee on ``A + A.T``.
+
+    ``order[new] = old``. On a 1M-cell k-NN graph it makes a 64-column chunk of
+    propagation six times faster than the input's order (docs/scaling.md).
+    """
+    return reverse_cuthill_mckee(A, symmetric_mode=False).astype(np.int64)
+
+
+def reorder_graph(A: sp.csr_matrix, order: np.ndarray) -> sp.csr_matrix:
+    """``A`` with its nodes renumbered by ``order`` (``order[new] = old``), each row's entries in their stored order."""
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    lengths = np.diff(A.indptr)[order]
+    indptr = np.zeros(order.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    source = np.repeat(A.indptr[order].astype(np.int64) - indptr[:-1], lengths) + np.arange(indptr[-1])
+    return sp.csr_matrix((A.data[source], inverse[A.indices[source]], indptr), shape=A.shape)
+
+
 def propagate_chunks(
     A: sp.csr_matrix,
     n_chunks: int,
@@ -84,18 +111,30 @@ def propagate_chunks(
     for hard propagation, a boolean mask of the entries kept fixed (``None``
     means the non-zeros of the starting values). ``store(i, result)`` receives
     the propagated block. Inside :func:`sccr._executor.executing`, the chunks run on
-    that executor's workers instead of local threads.
+    that executor's workers instead of local threads. The kernel runs on the
+    graph renumbered by :func:`locality_order`; ``load`` and ``store`` see the
+    original numbering.
     """
     A = sp.csr_matrix(A, dtype=np.float32)
+    order = locality_order(A)
+    A = reorder_graph(A, order)
+    inverse = np.argsort(order)
     executor = current_executor()
 
-    def work(i: int) -> None:
+    def load_reordered(i: int) -> tuple[np.ndarray, np.ndarray | None]:
         x0, observed = load(i)
-        store(i, propagate_block(A, x0, observed, n_iter=n_iter, hard=hard, beta=beta))
+        return x0[order], None if observed is None else observed[order]
+
+    def store_reordered(i: int, block: np.ndarray) -> None:
+        store(i, block[inverse])
+
+    def work(i: int) -> None:
+        x0, observed = load_reordered(i)
+        store_reordered(i, propagate_block(A, x0, observed, n_iter=n_iter, hard=hard, beta=beta))
 
     with stage_bar(desc, n_chunks, progress) as bar:
         if executor is not None:
-            for _ in executor.propagate(A, n_chunks, load, store, n_iter=n_iter, hard=hard, beta=beta):
+            for _ in executor.propagate(A, n_chunks, load_reordered, store_reordered, n_iter=n_iter, hard=hard, beta=beta):
                 bar.update()
         elif n_jobs <= 1 or n_chunks == 1:
             for i in range(n_chunks):
