@@ -64,6 +64,21 @@ def test_in_memory_workspace_makes_arrays():
         assert isinstance(ws.new("a", (4, 2)).array, np.ndarray)
 
 
+def test_freeing_an_in_memory_matrix_releases_its_array():
+    """The pipeline frees D0 and C when it no longer needs them: in memory too, they must go."""
+    import weakref
+
+    with Workspace() as ws:
+        a, b = ws.new("a", (4, 2)), ws.new("b", (4, 2))
+        alive = weakref.ref(a.array)
+        ws.free(a)
+        assert a.array is None and alive() is None
+        assert b.array is not None
+        foreign = SliceStore(np.zeros((4, 2), dtype=np.float32))
+        ws.free(foreign)  # not made here: left alone
+        assert foreign.array is not None
+
+
 @pytest.mark.parametrize("method", ["sccr", "scfp", "scbfp"])
 @pytest.mark.parametrize("layout", ["dense", "sparse"])
 def test_out_of_core_equals_in_memory(tmp_path, method, layout):

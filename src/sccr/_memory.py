@@ -24,11 +24,17 @@ from ._propagation import DEFAULT_CHUNK
 #: Set to 1 to skip the guard (the run may then be killed by the system when memory runs out).
 SKIP_ENV = "SCCR_SKIP_MEMORY_CHECK"
 
-#: N x G float32 arrays alive at the peak of each method (see the stage list in ``_pipeline``):
-#: scCR holds D0, C and C's normalised copy in the second cell graph, and D0, D1 and a
-#: product in the blend; scFP holds D0 and its normalised copy; scBFP the transposed input
-#: copy, its normalised copy and Dg.
-DENSE_COPIES = {"sccr": 3, "scfp": 2, "scbfp": 3}
+#: Where each method's memory can peak (see the stage list in ``_pipeline``), as
+#: (N x G float32 matrices of the pipeline held in memory, what runs beside them):
+#: ``"input"`` the first cell graph, over the input; ``"transposed"`` scBFP's exact
+#: gene graph over the input; ``"correlations"`` scCR's gene-gene correlations;
+#: ``"search"`` a cell graph over one of the held matrices; ``"output"`` the
+#: output being filled. scCR holds D0 and C for its second cell graph, then D0 and B.
+STAGES = {
+    "sccr": ((0, "input"), (2, "correlations"), (2, "search"), (2, None), (1, "search"), (1, "output")),
+    "scfp": ((0, "input"), (1, "search"), (1, "output")),
+    "scbfp": ((0, "transposed"), (1, "search"), (1, "output")),
+}
 #: Bytes per k-NN entry while a graph is built (int64 indices and rows, float32 values,
 #: COO/CSR copies while symmetrising) and per entry of a kept graph (float32 + int32).
 GRAPH_BUILD_BYTES, GRAPH_KEPT_BYTES = 64, 8
@@ -137,11 +143,24 @@ def estimate_peak_bytes(
         approximate one (:func:`sccr._ann.search_bytes`).
     """
     n, g = int(n_cells), int(n_genes)
-    if out_of_core:  # the exact search loads its matrix and normalises a copy; the output fills at the end
-        dense = 4 * n * g * max(2 * exact, int(output_in_memory))
-    else:
-        dense = 4 * n * g * (DENSE_COPIES[method] - (not output_in_memory) - (not exact))
-    search = 0 if exact else search_bytes(n, g, streamed=out_of_core)
+    matrix = 4 * n * g
+    block = BLOCK_COPIES * 4 * min(SIMILARITY_BLOCK_ELEMENTS, max(n, g) ** 2)
+    # An exact search normalises a copy of a dense matrix (a scratch file is loaded first,
+    # scBFP's transposed input is made contiguous first); a sparse input's copies are counted below.
+    exact_search = block + matrix * (2 if out_of_core else 1)
+    dense_input = nnz is None
+    beside = {
+        None: 0,
+        "input": block + matrix * dense_input if exact else search_bytes(n, g, streamed=False),
+        "transposed": block + 2 * matrix * dense_input,
+        # Chunks of up to 4096 cells standardised in float32 and float64, with float64
+        # products (measured: about 30 bytes per cell x gene of a chunk), and the correlation blocks.
+        "correlations": 32 * min(n, 4096) * g + 2 * 4 * SIMILARITY_BLOCK_ELEMENTS,
+        "search": exact_search if exact else search_bytes(n, g, streamed=out_of_core),
+        "output": matrix if output_in_memory else 0,
+    }
+    held = 0 if out_of_core else matrix
+    stages = max(held * copies + beside[work] for copies, work in STAGES[method])
     # Sparse input: the normalised float32 copy and the float64 copy of the exact
     # re-ranking (knn), the CSC copy of every cell-wise propagation, and the rows of a
     # similarity block made dense.
@@ -150,16 +169,10 @@ def estimate_peak_bytes(
     cell_graphs = {"sccr": 3, "scfp": 2, "scbfp": 1}[method]
     graphs = (GRAPH_BUILD_BYTES + cell_graphs * GRAPH_KEPT_BYTES * 2) * n * (k + 1)
     gene_graph = (GRAPH_BUILD_BYTES + GRAPH_KEPT_BYTES * 2) * g * (k_gene + 1) if method != "scfp" else 0
-    block = BLOCK_COPIES * 4 * min(SIMILARITY_BLOCK_ELEMENTS, max(n, g) ** 2)
-    # Gene-gene correlations (while only D0 is held): chunks of up to 4096 cells
-    # standardised in float32 and float64, with float64 products (measured: about 30
-    # bytes per cell x gene of a chunk), and the correlation blocks.
-    held = 0 if out_of_core else 4 * n * g
-    gene_stage = held + 32 * min(n, 4096) * g + 2 * 4 * SIMILARITY_BLOCK_ELEMENTS if method == "sccr" else 0
     # Each thread propagates one block of 64 columns: start, current, next, anchor, output, mask.
     nodes = max(n, g)
     threads = n_jobs * (21 * nodes * max(DEFAULT_CHUNK, GENE_STAGE_CELL_CHUNK))
-    return max(dense + block + search, gene_stage) + sparse + graphs + gene_graph + threads
+    return stages + sparse + graphs + gene_graph + threads
 
 
 def _gib(n_bytes: int) -> str:

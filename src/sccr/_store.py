@@ -154,27 +154,35 @@ class Workspace:
         self.out_of_core = out_of_core
         self.scratch_dir = scratch_dir
         self._folder: Path | None = None
-        self._files: list[PanelFile] = []
+        self._stores: list[SliceStore] = []
 
     def new(self, name: str, shape: tuple[int, int], width: int = PANEL_WIDTH) -> SliceStore:
         """An uninitialised N x G float32 matrix (scratch file: in panels of ``width`` columns)."""
         if not self.out_of_core:
-            return SliceStore(np.empty(shape, dtype=np.float32))
-        if self._folder is None:
-            self._folder = Path(tempfile.mkdtemp(prefix="sccr-scratch-", dir=self.scratch_dir))
-        store = PanelFile(self._folder / f"{name}.f32", shape, width)
-        self._files.append(store)
+            store = SliceStore(np.empty(shape, dtype=np.float32))
+        else:
+            if self._folder is None:
+                self._folder = Path(tempfile.mkdtemp(prefix="sccr-scratch-", dir=self.scratch_dir))
+            store = PanelFile(self._folder / f"{name}.f32", shape, width)
+        self._stores.append(store)
         return store
 
     def free(self, store: SliceStore) -> None:
-        """Release a matrix that is no longer needed (its scratch file is deleted)."""
-        if isinstance(store, PanelFile) and store in self._files:
+        """Release a matrix made by :meth:`new` that is no longer needed: its array is dropped, its scratch file deleted.
+
+        The store is unusable afterwards, whoever still refers to it.
+        """
+        if store not in self._stores:
+            return
+        self._stores.remove(store)
+        if isinstance(store, PanelFile):
             store.close()
             store.path.unlink(missing_ok=True)
-            self._files.remove(store)
+        else:
+            store.array = None
 
     def close(self) -> None:
-        for store in list(self._files):
+        for store in list(self._stores):
             self.free(store)
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
