@@ -4,10 +4,13 @@ Usage: python benchmarks/memory.py [--n-jobs 2] [--out benchmarks/results/memory
 
 Each case runs in a fresh process: it imports sccr and warms numba on a tiny
 input, loads and preprocesses a data set (the paper's preprocessing; Worm Neuron
-also tiled 5 times over its cells, to see how the estimate scales), validates it,
-resets the process's peak RSS (``/proc/self/clear_refs``) and runs the pipeline.
-"Measured" is the peak RSS during the run minus the RSS just before it, which is
-what ``sccr._memory.estimate_peak_bytes`` predicts. Linux only.
+also tiled 5 times over its cells, and PBMC 4k resampled to 100,000 cells with
+``benchmarks/resample.py``, to see how the estimate scales), validates it,
+resets the process's peak RSS (``/proc/self/clear_refs``) and runs the pipeline,
+in memory or out of core (scratch files). The neighbour search is the default
+(``knn="auto"``: approximate from 20,000 cells on). "Measured" is the peak RSS
+during the run minus the RSS just before it, which is what
+``sccr._memory.estimate_peak_bytes`` predicts. Linux only.
 """
 
 from __future__ import annotations
@@ -21,15 +24,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("SCCR_SHARED", HERE.parents[1] / "shared")) / "data"
-#: (data set, genes kept by the preprocessing, times the cells are tiled)
+#: (data set, genes kept by the preprocessing, cells: "" as is, "x5" tiled 5 times, "r100000" resampled)
 DATASETS = [
-    ("mouse_bladder_top2000", 2000, 1),
-    ("pbmc4k_top2000", 2000, 1),
-    ("worm_neuron", 2000, 1),
-    ("worm_neuron", 2000, 5),
-    ("pbmc3k_unlabeled", 8000, 1),
+    ("mouse_bladder_top2000", 2000, ""),
+    ("pbmc4k_top2000", 2000, ""),
+    ("worm_neuron", 2000, ""),
+    ("worm_neuron", 2000, "x5"),
+    ("pbmc3k_unlabeled", 8000, ""),
 ]
-CASES = [(d, g, t, m, layout) for d, g, t in DATASETS for m in ("sccr", "scfp", "scbfp") for layout in ("sparse", "dense")]
+CASES = [(d, g, c, m, layout, "memory") for d, g, c in DATASETS for m in ("sccr", "scfp", "scbfp") for layout in ("sparse", "dense")]
+CASES += [("worm_neuron", 2000, "x5", m, "sparse", "scratch") for m in ("sccr", "scfp", "scbfp")]
+CASES += [("pbmc4k_top2000", 2000, "r100000", "sccr", "sparse", where) for where in ("memory", "scratch")]
 
 
 def _status_kib(field: str) -> int:
@@ -39,7 +44,7 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def one_case(dataset: str, n_genes: int, tile: int, method: str, layout: str, n_jobs: int) -> dict:
+def one_case(dataset: str, n_genes: int, cells: str, method: str, layout: str, where: str, n_jobs: int) -> dict:
     """Measure one run in this process (see the module docstring)."""
     import gc
 
@@ -48,14 +53,22 @@ def one_case(dataset: str, n_genes: int, tile: int, method: str, layout: str, n_
     import scipy.sparse as sp
 
     import sccr
+    from sccr._graph import resolve_knn
     from sccr._memory import estimate_peak_bytes
     from sccr._pipeline import run
+    from sccr._store import Workspace
     from sccr._validation import check_expression, check_params
 
     rng = np.random.default_rng(0)
     sccr.SCCR(k=3, n_iter=1, n_jobs=n_jobs, method=method).fit(rng.random((20, 8), dtype=np.float32))
-    adata = sccr.pp.preprocess_paper(ad.read_h5ad(DATA / f"{dataset}.h5ad"), n_top_genes=n_genes)
-    X = sp.vstack([adata.X] * tile, format="csr")
+    adata = ad.read_h5ad(DATA / f"{dataset}.h5ad")
+    if cells.startswith("r"):
+        sys.path.insert(0, str(HERE))
+        from resample import resample
+
+        adata = resample(adata, int(cells[1:]), keep=0.8, seed=0)
+    adata = sccr.pp.preprocess_paper(adata, n_top_genes=n_genes)
+    X = sp.vstack([adata.X] * int(cells[1:]), format="csr") if cells.startswith("x") else adata.X
     del adata
     if layout == "dense":
         X = X.toarray()
@@ -65,24 +78,27 @@ def one_case(dataset: str, n_genes: int, tile: int, method: str, layout: str, n_
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
     before = _status_kib("VmRSS") * 1024
-    run(X, p)
+    with Workspace(out_of_core=where == "scratch") as workspace:
+        run(X, p, workspace=workspace)
     measured = _status_kib("VmHWM") * 1024 - before
     n, g = X.shape
-    estimate = estimate_peak_bytes(n, g, X.nnz if sp.issparse(X) else None, method=method, k=15, k_gene=2, n_jobs=n_jobs)
-    return {"dataset": dataset if tile == 1 else f"{dataset} x{tile}", "cells": n, "genes": g, "method": method,
-            "layout": layout, "measured_mib": measured / 2**20, "estimate_mib": estimate / 2**20,
-            "estimate_over_measured": estimate / measured}
+    knn = resolve_knn(p.knn, n)
+    estimate = estimate_peak_bytes(n, g, X.nnz if sp.issparse(X) else None, method=method, k=15, k_gene=2,
+                                   n_jobs=n_jobs, out_of_core=where == "scratch", exact=knn == "exact")
+    name = dataset + {"": "", "x": f" x{cells[1:]}", "r": f" resampled to {cells[1:]}"}[cells[:1]]
+    return {"dataset": name, "cells": n, "genes": g, "method": method, "layout": layout, "where": where, "knn": knn,
+            "measured_mib": measured / 2**20, "estimate_mib": estimate / 2**20, "estimate_over_measured": estimate / measured}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--out", default=str(HERE / "results" / "memory.json"))
-    parser.add_argument("--one", nargs=5, metavar=("DATASET", "GENES", "TILE", "METHOD", "LAYOUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=6, metavar=("DATASET", "GENES", "CELLS", "METHOD", "LAYOUT", "WHERE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        dataset, genes, tile, method, layout = args.one
-        print(json.dumps(one_case(dataset, int(genes), int(tile), method, layout, args.n_jobs)))
+        dataset, genes, cells, method, layout, where = args.one
+        print(json.dumps(one_case(dataset, int(genes), cells, method, layout, where, args.n_jobs)))
         return
     rows = []
     for case in CASES:
@@ -97,7 +113,7 @@ def main() -> None:
 
 
 def method_layout(row: dict) -> str:
-    return f"{row['method']}/{row['layout']}"
+    return f"{row['method']}/{row['layout']}/{row['where']}"
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ in memory is not copied):
    iteration) on :data:`PCA_SAMPLE_ROWS` rows drawn at random in a first pass;
    a second pass projects every row on it.
 2. **Candidates.** The projected rows are split into clusters of about
-   :data:`CLUSTER_SIZE` rows (k-means on a sample); every cluster is searched by
+   :data:`CLUSTER_SIZE` rows (k-means on a sample; clusters of more than
+   :data:`MAX_CLUSTER_FACTOR` times that are split again); every cluster is searched by
    brute force (one matrix product) against the rows of its :data:`N_PROBE`
    nearest clusters, ranked by the inner product of the projections (the part of
    the cosine that the projection keeps). Each row keeps :data:`N_CANDIDATES`.
@@ -59,10 +60,13 @@ N_PASSES_PCA = 2
 CLUSTER_SIZE = 1000
 #: Clusters searched for the rows of a cluster (its own and the nearest others).
 N_PROBE = 8
+#: Clusters of more than this many times ``CLUSTER_SIZE`` rows are split by k-means on
+#: their own rows (dense regions, e.g. many cells of one type, make clusters of 10x the target).
+MAX_CLUSTER_FACTOR = 2
 #: Candidates per row proposed by the projection (before exact scoring).
 N_CANDIDATES = 48
 #: Rounds of neighbour-of-neighbour refinement with exact scores.
-N_REFINE = 1
+N_REFINE = 2
 #: Rows per block when the matrix is read in row blocks.
 BLOCK_ROWS = 4096
 #: Memory for one column slice of a dense matrix read in blocks, during exact scoring.
@@ -231,6 +235,36 @@ def _assign(P: np.ndarray, centroids: np.ndarray, block: int = 16384) -> np.ndar
     return out
 
 
+def _split_large_clusters(
+    P: np.ndarray, labels: np.ndarray, centroids: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split every cluster of more than ``MAX_CLUSTER_FACTOR * CLUSTER_SIZE`` rows, again until none is left.
+
+    A cluster is split into ``round(size / CLUSTER_SIZE)`` parts by :func:`_kmeans`
+    on its rows (a part that is still too large is split in turn; rows that k-means
+    cannot separate stay together). Returns the labels and centroids of the
+    non-empty clusters; clusters left whole keep their label order and centroid.
+    """
+    labels = labels.copy()
+    centroids = list(centroids)
+    limit = MAX_CLUSTER_FACTOR * CLUSTER_SIZE
+    pending = [int(c) for c in np.flatnonzero(np.bincount(labels, minlength=len(centroids)) > limit)]
+    while pending:
+        cluster = pending.pop()
+        rows = np.flatnonzero(labels == cluster)
+        sub_centroids = _kmeans(P[rows], int(round(rows.size / CLUSTER_SIZE)), rng)
+        sub = _assign(P[rows], sub_centroids)
+        if np.all(sub == sub[0]):
+            continue
+        ids = np.r_[cluster, len(centroids) + np.arange(len(sub_centroids) - 1)]
+        labels[rows] = ids[sub]
+        centroids[cluster] = sub_centroids[0]
+        centroids.extend(sub_centroids[1:])
+        pending += [int(ids[j]) for j in np.flatnonzero(np.bincount(sub, minlength=len(ids)) > limit)]
+    used, labels = np.unique(labels, return_inverse=True)
+    return labels.astype(np.int64), np.asarray(centroids, dtype=np.float32)[used]
+
+
 @njit(cache=True)
 def _select_row(row, c, out):  # pragma: no cover - numba
     """Columns of the ``c`` largest entries of ``row`` (at the cut-off, lower columns), ascending.
@@ -294,7 +328,8 @@ def propose_candidates(P: np.ndarray, n_candidates: int, rng: np.random.Generato
         probe = np.zeros((1, 1), dtype=np.int64)
     else:
         centroids = _kmeans(P, n_clusters, rng)
-        labels = _assign(P, centroids)
+        labels, centroids = _split_large_clusters(P, _assign(P, centroids), centroids, rng)
+        n_clusters = centroids.shape[0]
         c2 = np.einsum("ij,ij->i", centroids, centroids)
         dist = c2[:, None] + c2[None, :] - 2 * (centroids @ centroids.T)
         dist[np.arange(n_clusters), np.arange(n_clusters)] = -np.inf  # a cluster probes itself first

@@ -158,11 +158,35 @@ def impute_file(
 ) -> SCCR:
     """Impute an .h5ad file into a new one, streaming the imputed layer to disk (the ``sccr impute`` command).
 
-    Without preprocessing only the matrix to impute and the cell and gene names
-    are read; the output is a copy of ``input`` with the layer, graphs and record
-    of :func:`impute` added, written to a temporary file beside ``output`` and
-    renamed at the end. The imputed matrix is written panel by panel into the
-    file and never held whole in memory. ``options`` are those of :class:`SCCR`.
+    For inputs too large to hold next to their dense imputed matrix: without
+    preprocessing only the matrix to impute and the cell and gene names are
+    read, and the imputed matrix is written panel by panel into the output file,
+    never held whole in memory. The output is a copy of ``input`` with what
+    :func:`impute` adds (layer, graphs, record), written to a temporary file
+    beside ``output`` and renamed at the end; ``input`` is never modified.
+
+    Parameters
+    ----------
+    input, output
+        Paths of the .h5ad files; ``output`` must not exist unless ``force``.
+    layer, key_added
+        As in :func:`impute`.
+    preprocess
+        ``"none"``: the matrix is log-normalised; ``"paper"``: it holds raw counts and
+        :func:`sccr.pp.preprocess_paper` (``n_top_genes``) is applied first (this
+        reads the whole file into memory).
+    force
+        Replace an existing ``output``.
+    echo
+        Receives progress messages (the command line prints them).
+    **options
+        The options of :func:`impute` (``method``, ``k``, ..., ``memory_budget``).
+
+    Returns
+    -------
+    SCCR
+        The fitted model (graphs, timings, ``out_of_core_``, ...) without ``imputed_``:
+        the imputed matrix is ``layers[key_added]`` of the output file.
     """
     output = check_output_path(output, inputs=(input,), force=force)
     check_key_added(key_added, layer)
@@ -190,4 +214,5 @@ def impute_file(
             model._run(prepared, out=SliceStore(layer_out))
             for where, key, value in _outputs(model, key_added, layer):
                 write_element(f, where, key, value)
+    del model.imputed_  # the layer of a file that is now closed
     return model

@@ -34,7 +34,8 @@ def get_matrix(adata: ad.AnnData, layer: str | None):
     if adata.isbacked:
         raise InputError(
             f"adata is backed by the file {str(adata.filename)!r} and sccr needs it in memory; "
-            "load it with adata = adata.to_memory() first"
+            "load it with adata = adata.to_memory() first, or impute the file without loading it "
+            "with sccr.impute_file(path, output_path) (command line: sccr impute)"
         )
     if layer is None:
         if adata.X is None:

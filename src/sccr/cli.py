@@ -125,7 +125,7 @@ def _impute_on(args, client) -> None:
         random_state=args.seed, n_jobs=args.n_jobs, progress=False if args.quiet else None,
         backend=args.backend, client=client, memory_budget=args.memory_budget, scratch_dir=args.scratch_dir,
     )
-    n, g = model.imputed_.shape
+    n, g = model.cell_graph_.shape[0], model.n_features_in_
     where = "out of core" if model.out_of_core_ else "in memory"
     echo(f"imputed {n} cells x {g} genes with {args.method} ({where}, {model.knn_used_} neighbours) in {time.perf_counter() - start:.2f} s")
     echo(f"wrote {args.output} (layer {args.key_added!r})")
