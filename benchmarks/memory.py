@@ -1,6 +1,6 @@
 """Memory guard check: estimated vs measured peak memory of a run, on the shared real data.
 
-Usage: python benchmarks/memory.py [--n-jobs 2] [--out benchmarks/results/memory.json]
+Usage: python benchmarks/memory.py [--n-jobs 2] [--cells x5,r100000] [--out benchmarks/results/memory.json]
 
 Each case runs in a fresh process: it imports sccr and warms numba on a tiny
 input, loads and preprocesses a data set (the paper's preprocessing; Worm Neuron
@@ -93,6 +93,8 @@ def one_case(dataset: str, n_genes: int, cells: str, method: str, layout: str, w
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--cells", help="rerun only the cases of these cell specs (e.g. 'x5,r100000'); "
+                        "the other cases of an existing --out are kept")
     parser.add_argument("--out", default=str(HERE / "results" / "memory.json"))
     parser.add_argument("--one", nargs=6, metavar=("DATASET", "GENES", "CELLS", "METHOD", "LAYOUT", "WHERE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -100,8 +102,9 @@ def main() -> None:
         dataset, genes, cells, method, layout, where = args.one
         print(json.dumps(one_case(dataset, int(genes), cells, method, layout, where, args.n_jobs)))
         return
+    cases = CASES if args.cells is None else [c for c in CASES if c[2] in args.cells.split(",")]
     rows = []
-    for case in CASES:
+    for case in cases:
         argv = [sys.executable, __file__, "--n-jobs", str(args.n_jobs), "--one", *map(str, case)]
         proc = subprocess.run(argv, capture_output=True, text=True, check=True)
         row = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -109,7 +112,16 @@ def main() -> None:
         print(f"{row['dataset']:>24} {row['cells']:>6} x {row['genes']:<5} {method_layout(row):<13} "
               f"measured {row['measured_mib']:7.0f} MiB  estimate {row['estimate_mib']:7.0f} MiB  "
               f"ratio {row['estimate_over_measured']:.2f}", flush=True)
-    Path(args.out).write_text(json.dumps({"n_jobs": args.n_jobs, "cases": rows}, indent=1) + "\n")
+    out = Path(args.out)
+    if args.cells is not None and out.exists():
+        fresh = {_key(row): row for row in rows}
+        kept = [fresh.pop(_key(row), row) for row in json.loads(out.read_text())["cases"]]
+        rows = kept + list(fresh.values())
+    out.write_text(json.dumps({"n_jobs": args.n_jobs, "cases": rows}, indent=1) + "\n")
+
+
+def _key(row: dict) -> tuple:
+    return row["dataset"], row["method"], row["layout"], row["where"]
 
 
 def method_layout(row: dict) -> str:

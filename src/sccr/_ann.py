@@ -192,17 +192,24 @@ def project(source: RowBlocks, n_components: int, rng: np.random.Generator) -> t
     n, g = source.shape
     picked = np.sort(rng.choice(n, size=min(n, PCA_SAMPLE_ROWS), replace=False))
     norms = np.empty(n, dtype=np.float64)
-    parts = []
+    parts = []  # sparse rows of the sample; dense ones are written into place (no second copy)
+    sample = None
     for start, block in _blocks(source):
         stop = start + block.shape[0]
         norms[start:stop] = _row_norms(block)
         lo, hi = np.searchsorted(picked, [start, stop])
         if hi > lo:
-            rows = picked[lo:hi] - start
-            parts.append(_normalised(block[rows], _inverse(norms[picked[lo:hi]])))
-    sample = sp.vstack(parts, format="csr") if parts and sp.issparse(parts[0]) else np.concatenate(parts)
+            rows = _normalised(block[picked[lo:hi] - start], _inverse(norms[picked[lo:hi]]))
+            if sp.issparse(rows):
+                parts.append(rows)
+            else:
+                sample = np.empty((picked.size, g), dtype=np.float32) if sample is None else sample
+                sample[lo:hi] = rows
+    if parts:
+        sample = sp.vstack(parts, format="csr")
+    del parts
     V = fit_basis(sample, n_components, rng)
-    del sample, parts
+    del sample
     P = np.empty((n, V.shape[1]), dtype=np.float32)
     inv = _inverse(norms)
     for start, block in _blocks(source):
@@ -453,7 +460,9 @@ def search_bytes(n_rows: int, n_cols: int, *, streamed: bool) -> int:
     for a matrix read in blocks, one column slice of at most :data:`SLICE_BYTES`.
     """
     per_row = 4 * N_COMPONENTS + 2 * (N_CANDIDATES + 1) * (8 + 8 + 4) + 64
-    sample = 4 * min(n_rows, PCA_SAMPLE_ROWS) * n_cols
+    # The normalised sample, and its product with the basis (float32, then float64) in the subspace iteration.
+    sample_rows = min(n_rows, PCA_SAMPLE_ROWS)
+    sample = 4 * sample_rows * n_cols + (4 + 8) * sample_rows * (N_COMPONENTS + OVERSAMPLING)
     return n_rows * per_row + sample + (min(SLICE_BYTES, 4 * n_rows * n_cols) if streamed else 0)
 
 
