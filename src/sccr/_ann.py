@@ -440,7 +440,6 @@ class _Scorer:
                 del S
         return _scaled(out, cptr, cidx, self.inv)
 
-
     def _column_slice(self, g0: int, g1: int) -> np.ndarray:
         """Columns ``g0..g1`` of every row: read directly where the source can (a scratch file of
         column panels), else gathered from one pass over its row blocks."""

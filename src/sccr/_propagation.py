@@ -81,10 +81,16 @@ def locality_order(A: sp.csr_matrix) -> np.ndarray:
     return reverse_cuthill_mckee(A, symmetric_mode=False).astype(np.int64)
 
 
-def reorder_graph(A: sp.csr_matrix, order: np.ndarray) -> sp.csr_matrix:
-    """``A`` with its nodes renumbered by ``order`` (``order[new] = old``), each row's entries in their stored order."""
+def inverse_permutation(order: np.ndarray) -> np.ndarray:
+    """``inverse[old] = new`` for ``order[new] = old``."""
     inverse = np.empty_like(order)
     inverse[order] = np.arange(order.size)
+    return inverse
+
+
+def reorder_graph(A: sp.csr_matrix, order: np.ndarray) -> sp.csr_matrix:
+    """``A`` with its nodes renumbered by ``order`` (``order[new] = old``), each row's entries in their stored order."""
+    inverse = inverse_permutation(order)
     lengths = np.diff(A.indptr)[order]
     indptr = np.zeros(order.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=indptr[1:])
@@ -118,7 +124,7 @@ def propagate_chunks(
     A = sp.csr_matrix(A, dtype=np.float32)
     order = locality_order(A)
     A = reorder_graph(A, order)
-    inverse = np.argsort(order)
+    inverse = inverse_permutation(order)
     executor = current_executor()
 
     def load_reordered(i: int) -> tuple[np.ndarray, np.ndarray | None]:
