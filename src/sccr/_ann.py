@@ -203,7 +203,8 @@ def project(source: RowBlocks, n_components: int, rng: np.random.Generator) -> t
             if sp.issparse(rows):
                 parts.append(rows)
             else:
-                sample = np.empty((picked.size, g), dtype=np.float32) if sample is None else sample
+                if sample is None:
+                    sample = np.empty((picked.size, g), dtype=np.float32)
                 sample[lo:hi] = rows
     if parts:
         sample = sp.vstack(parts, format="csr")
@@ -454,7 +455,8 @@ class _Scorer:
 def search_bytes(n_rows: int, n_cols: int, *, streamed: bool) -> int:
     """Peak bytes :func:`approximate_neighbours` adds for an ``n_rows x n_cols`` matrix.
 
-    The projections, the candidate lists with their scores (about
+    The normalised PCA sample (:data:`PCA_SAMPLE_ROWS` rows) with its products in the
+    subspace iteration, the projections, the candidate lists with their scores (about
     ``N_CANDIDATES`` per row, then as many again in the refinement round), and,
     for a matrix read in blocks, one column slice of at most :data:`SLICE_BYTES`.
     """
