@@ -94,7 +94,8 @@ def score(output: Path, key: str) -> dict:
 
     with h5py.File(output, "r") as f:
         labels = np.asarray(read_elem(f["obs"])["celltype"]).astype(str)
-        layer, X = f["layers"][key], sparse_dataset(f["X"])
+        layer = f["layers"][key]
+        X = f["X"] if isinstance(f["X"], h5py.Dataset) else sparse_dataset(f["X"])
         imputed = cluster_ari(pca_embedding(lambda: _blocks(layer)), labels)
         raw = cluster_ari(pca_embedding(lambda: _blocks(X)), labels)
         record = read_elem(f["uns"][key])
@@ -103,7 +104,8 @@ def score(output: Path, key: str) -> dict:
             "ari_imputed_seeds": imputed, "ari_log_normalised": float(np.mean(raw)),
             "ari_log_normalised_sd": float(np.std(raw, ddof=1)), "ari_log_normalised_seeds": raw,
             "timings": record["timings"],
-            "knn_used": record["params"]["knn_used"], "out_of_core": bool(record["params"]["out_of_core"])}
+            "knn_used": record["params"]["knn_used"], "out_of_core": bool(record["params"]["out_of_core"]),
+            "input_on_disk": bool(record["params"].get("input_on_disk", False))}
 
 
 def fitted_slope(x: list[float], y: list[float]) -> float:

@@ -125,6 +125,22 @@ def test_memory_budget_streams_out_of_core_with_the_same_output(workdir, capsys,
     assert list(scratch.iterdir()) == []
 
 
+def test_zarr_in_zarr_out_with_the_input_streamed(workdir, capsys, monkeypatch):
+    """A .zarr store in, a .zarr store out; a budget only a streamed input fits; same layer as in memory."""
+    from sccr._memory import SKIP_ENV, estimate_peak_bytes
+
+    monkeypatch.delenv(SKIP_ENV, raising=False)
+    ad.read_h5ad(workdir / "in.h5ad").write_zarr(workdir / "in.zarr")
+    budget = estimate_peak_bytes(120, 40, None, method="sccr", k=5, k_gene=2, n_jobs=1, out_of_core=True,
+                                 output_in_memory=False, input_on_disk=True)
+    code, _, err = run_cli(capsys, "impute", workdir / "in.zarr", workdir / "out.zarr", "--k", "5", "--n-iter", "5",
+                           "--n-jobs", "1", "--memory-budget", str(budget))
+    assert code == 0 and "out of core, input streamed" in err, err
+    assert run_cli(capsys, "impute", workdir / "in.h5ad", workdir / "b.h5ad", *FAST)[0] == 0
+    np.testing.assert_array_equal(ad.read_zarr(workdir / "out.zarr").layers["sccr"], ad.read_h5ad(workdir / "b.h5ad").layers["sccr"])
+    assert files_in(workdir) == {"in.h5ad", "in.zarr", "out.zarr", "b.h5ad"}
+
+
 def test_memory_budget_too_small_is_refused(workdir, capsys):
     code, _, err = run_cli(capsys, "impute", workdir / "in.h5ad", workdir / "out.h5ad", *FAST, "--memory-budget", "1K")
     assert code == 2

@@ -13,7 +13,7 @@ import sccr
 from helpers import make_expression
 from sccr import _memory
 from sccr._ann import SLICE_BYTES, search_bytes
-from sccr._memory import SKIP_ENV, available_bytes, estimate_peak_bytes, parse_memory_size, plan_out_of_core
+from sccr._memory import SKIP_ENV, available_bytes, estimate_peak_bytes, parse_memory_size, plan, plan_out_of_core
 from sccr._validation import check_expression, check_params
 from sccr.cli import main
 
@@ -113,6 +113,34 @@ def test_plan_follows_the_budget(monkeypatch):
         plan_out_of_core(X, params(k=5), memory_budget=out_of_core - 1)
     monkeypatch.setattr(_memory, "available_bytes", lambda: out_of_core)  # no budget: what is available
     assert plan_out_of_core(X, params(k=5)) is True
+
+
+@pytest.mark.parametrize("nnz", [None, 500])
+@pytest.mark.parametrize("knn", ["exact", "approx"])
+def test_an_input_in_a_file_goes_to_disk_last(monkeypatch, nnz, knn):
+    """Memory, then scratch files for the intermediate matrices, then the input streamed too; refused below that."""
+    monkeypatch.delenv(SKIP_ENV, raising=False)
+    shape, p, held = (60, 30), params(k=5, knn=knn), 7200
+
+    def need(out_of_core, input_on_disk):
+        return (0 if input_on_disk else held) + estimate_peak_bytes(
+            *shape, nnz, method="sccr", k=5, k_gene=2, n_jobs=2, out_of_core=out_of_core,
+            exact=knn == "exact", input_on_disk=input_on_disk)
+
+    steps = [(False, False), (True, False), (True, True)]
+    assert need(*steps[0]) > need(*steps[1]) > need(*steps[2])
+    for step in steps:
+        assert plan(shape, nnz, p, memory_budget=need(*step), input_bytes=held) == step
+    with pytest.raises(sccr.InputError, match="even out of core"):
+        plan(shape, nnz, p, memory_budget=need(True, True) - 1, input_bytes=held)
+    # An input already in memory stays there: its plan never streams it, and its size is not counted again.
+    assert plan(shape, nnz, p, memory_budget=need(True, False) - held) == (True, False)
+
+
+def test_input_on_disk_drops_the_sparse_copies():
+    sparse = dict(method="sccr", k=15, k_gene=2, n_jobs=2, out_of_core=True, exact=False)
+    n, g, nnz = 1_000_000, 2000, 175_000_000
+    assert estimate_peak_bytes(n, g, nnz, **sparse) - estimate_peak_bytes(n, g, nnz, input_on_disk=True, **sparse) >= 20 * nnz - SLICE_BYTES
 
 
 # With exact searches only scCR gains: scFP's and scBFP's peak is an exact search, which loads

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
 
 import anndata as ad
-import h5py
 
 from ._estimator import SCCR
-from ._io import atomic_output, check_output_path, create_layer, read_h5ad, read_matrix, write_element
+from ._io import (
+    atomic_output, check_output_path, copy_anndata, create_layer, open_for_update, open_matrix,
+    output_format, read_anndata, write_anndata, write_element,
+)
 from ._preprocess import preprocess_paper
 from ._propagation import DEFAULT_CHUNK
-from ._store import SliceStore
+from ._store import SliceStore, Workspace
 from ._validation import InputError, check_key_added, get_matrix, warn_duplicate_names
 from ._versions import versions
 
@@ -134,6 +137,7 @@ def _outputs(model: SCCR, key_added: str, layer: str | None) -> list[tuple[str, 
         "params": {
             "layer": layer, **params, "n_jobs": model.n_jobs_, "knn_used": model.knn_used_,
             "scheduler": model.scheduler_, "out_of_core": model.out_of_core_,
+            "input_on_disk": model.input_on_disk_,
         },
         "versions": versions(),
         "timings": model.timings_,
@@ -156,19 +160,25 @@ def impute_file(
     echo: Callable[[str], None] = lambda message: None,
     **options,
 ) -> SCCR:
-    """Impute an .h5ad file into a new one, streaming the imputed layer to disk (the ``sccr impute`` command).
+    """Impute an .h5ad file or .zarr store into a new one, streaming the imputed layer to disk (the ``sccr impute`` command).
 
     For inputs too large to hold next to their dense imputed matrix: without
     preprocessing only the matrix to impute and the cell and gene names are
-    read, and the imputed matrix is written panel by panel into the output file,
-    never held whole in memory. The output is a copy of ``input`` with what
-    :func:`impute` adds (layer, graphs, record), written to a temporary file
-    beside ``output`` and renamed at the end; ``input`` is never modified.
+    read, and the imputed matrix is written panel by panel into the output,
+    never held whole in memory. The matrix itself is read into memory when the
+    run fits there; otherwise (see ``memory_budget``) it is streamed block by
+    block into a scratch file and checked on the way, so that it is never in
+    memory whole either. The output is a copy of ``input`` with what
+    :func:`impute` adds (layer, graphs, record), written to a temporary file or
+    folder beside ``output`` and renamed at the end; ``input`` is never modified.
 
     Parameters
     ----------
     input, output
-        Paths of the .h5ad files; ``output`` must not exist unless ``force``.
+        Paths of .h5ad files or .zarr stores (the output's format follows its
+        suffix: ``.zarr`` or else .h5ad; across formats the input is copied
+        element by element, its matrices in blocks); ``output`` must not exist
+        unless ``force``.
     layer, key_added
         As in :func:`impute`.
     preprocess
@@ -185,34 +195,39 @@ def impute_file(
     Returns
     -------
     SCCR
-        The fitted model (graphs, timings, ``out_of_core_``, ...) without ``imputed_``:
-        the imputed matrix is ``layers[key_added]`` of the output file.
+        The fitted model (graphs, timings, ``out_of_core_``, ``input_on_disk_``, ...)
+        without ``imputed_``: the imputed matrix is ``layers[key_added]`` of the output.
     """
     output = check_output_path(output, inputs=(input,), force=force)
+    kind = output_format(output)
     check_key_added(key_added, layer)
-    adata = None
-    if preprocess == "paper":
-        adata = preprocess_paper(read_h5ad(input), n_top_genes=n_top_genes, layer=layer)
-        layer, X, obs_names, var_names = None, adata.X, adata.obs_names, adata.var_names
-        echo(f"preprocessed (paper): {adata.n_obs} cells x {adata.n_vars} genes")
-    elif preprocess == "none":
-        X, obs_names, var_names = read_matrix(input, layer)
-    else:
-        raise InputError(f"preprocess must be 'paper' or 'none', got {preprocess!r}")
-    warn_duplicate_names(obs_names, var_names)
     model = SCCR(**options)
-    prepared = model._prepare(X, output_in_memory=False)
-    del X
-    with atomic_output(output) as tmp:
-        if adata is None:
-            shutil.copyfile(input, tmp)
+    with ExitStack() as stack:
+        workspace = stack.enter_context(Workspace(scratch_dir=model.scratch_dir))
+        adata = None
+        if preprocess == "paper":
+            adata = preprocess_paper(read_anndata(input), n_top_genes=n_top_genes, layer=layer)
+            layer, X, obs_names, var_names = None, adata.X, adata.obs_names, adata.var_names
+            echo(f"preprocessed (paper): {adata.n_obs} cells x {adata.n_vars} genes")
+        elif preprocess == "none":
+            X, obs_names, var_names = stack.enter_context(open_matrix(input, layer))
         else:
-            adata.write_h5ad(tmp)
-            del adata
-        with h5py.File(tmp, "r+") as f:
-            layer_out = create_layer(f, key_added, prepared.X.shape, DEFAULT_CHUNK)
-            model._run(prepared, out=SliceStore(layer_out))
-            for where, key, value in _outputs(model, key_added, layer):
-                write_element(f, where, key, value)
+            raise InputError(f"preprocess must be 'paper' or 'none', got {preprocess!r}")
+        warn_duplicate_names(obs_names, var_names)
+        prepared = model._prepare(X, output_in_memory=False, workspace=workspace)
+        del X
+        if prepared.input_on_disk:
+            echo(f"streamed the input matrix into a scratch file ({prepared.X.shape[0]} cells x {prepared.X.shape[1]} genes)")
+        with atomic_output(output) as tmp:
+            if adata is None:
+                copy_anndata(Path(input), tmp, kind)
+            else:
+                write_anndata(adata, tmp, kind)
+                del adata
+            with open_for_update(tmp, kind) as f:
+                layer_out = create_layer(f, key_added, prepared.X.shape, DEFAULT_CHUNK)
+                model._run(prepared, out=SliceStore(layer_out), workspace=workspace)
+                for where, key, value in _outputs(model, key_added, layer):
+                    write_element(f, where, key, value)
     del model.imputed_  # the layer of a file that is now closed
     return model

@@ -62,14 +62,14 @@ def load_dataset(source: str | os.PathLike, *, label_key: str, genes_dir: str | 
     With ``genes_dir``, the genes listed in ``<genes_dir>/<name>.genes.txt`` (one
     per line) are kept when that file exists, e.g. the reference's lists.
     """
-    from ._io import read_h5ad
+    from ._io import read_anndata
     from ._preprocess import preprocess_paper
     from .datasets import worm_neuron
 
     if str(source) == "worm_neuron" and not Path(source).exists():
         name, adata = "worm_neuron", worm_neuron()
     else:
-        name, adata = Path(source).name.removesuffix(".h5ad"), read_h5ad(source)
+        name, adata = Path(source).name.removesuffix(".h5ad"), read_anndata(source)
     if label_key not in adata.obs:
         raise InputError(f"{str(source)!r} has no obs column {label_key!r} (columns: {', '.join(map(str, adata.obs.columns)) or 'none'}); pass --label-key")
     genes_file = Path(genes_dir) / f"{name}.genes.txt" if genes_dir is not None else None

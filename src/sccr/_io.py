@@ -1,31 +1,45 @@
-"""Reading and writing .h5ad files safely: clear errors in, atomic writes out."""
+"""Reading and writing AnnData files (.h5ad and .zarr) safely: clear errors in, blocks streamed, atomic writes out."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
 
 import anndata as ad
 import h5py
+import numpy as np
 import pandas as pd
-from anndata.io import read_elem, write_elem
+import scipy.sparse as sp
+import zarr
+from anndata.io import read_elem, sparse_dataset, write_elem
 
-from . import _memory
-from ._validation import InputError
+from ._validation import InputError, check_dtype, check_shape
+
+#: Bytes of a block when a stored matrix is read or copied piece by piece.
+BLOCK_BYTES = 64 << 20
 
 
-def _check_input_file(path: Path) -> None:
+def is_zarr(path: Path) -> bool:
+    """Whether ``path`` is a zarr store (a folder with zarr v2 or v3 metadata)."""
+    return path.is_dir() and ((path / ".zgroup").exists() or (path / "zarr.json").exists())
+
+
+def _format_of_input(path: Path) -> str:
+    """``"h5ad"`` or ``"zarr"``: what ``path`` holds, or an InputError saying what is wrong with it."""
     if not path.exists():
         raise InputError(f"input file {str(path)!r} does not exist; check the path")
     if path.is_dir():
-        raise InputError(f"input {str(path)!r} is a folder; pass an .h5ad file")
+        if is_zarr(path):
+            return "zarr"
+        raise InputError(f"input {str(path)!r} is a folder but not a zarr store; pass an .h5ad file or a .zarr store written by anndata")
     if not h5py.is_hdf5(path):
-        raise InputError(f"input {str(path)!r} is not an HDF5/.h5ad file; convert it with anndata (e.g. sc.read_10x_mtx(...).write_h5ad(...))")
+        raise InputError(f"input {str(path)!r} is not an HDF5/.h5ad file (nor a .zarr store); convert it with anndata (e.g. sc.read_10x_mtx(...).write_h5ad(...))")
+    return "h5ad"
 
 
 @contextmanager
@@ -37,51 +51,139 @@ def _readable(path: Path) -> Iterator[None]:
             yield
         except InputError:
             raise
-        except Exception as err:  # anndata and h5py raise many types for damaged files
+        except Exception as err:  # anndata, h5py and zarr raise many types for damaged files
             raise InputError(f"cannot read {str(path)!r} as AnnData ({type(err).__name__}: {err}); the file may be truncated or corrupt") from err
     for w in caught:  # the file was readable: its warnings are worth showing
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
-def read_h5ad(path: str | os.PathLike) -> ad.AnnData:
-    """Read an .h5ad file fully into memory, with an error that names the problem."""
+def read_anndata(path: str | os.PathLike) -> ad.AnnData:
+    """Read an .h5ad file or a .zarr store fully into memory, with an error that names the problem."""
     path = Path(path)
-    _check_input_file(path)
+    kind = _format_of_input(path)
     with _readable(path):
-        return ad.read_h5ad(path)
+        return ad.read_zarr(path) if kind == "zarr" else ad.read_h5ad(path)
 
 
-def _index(group: h5py.Group) -> pd.Index:
+@contextmanager
+def _open(path: Path, kind: str, mode: str):
+    """The root group of an .h5ad file (h5py) or a .zarr store (zarr), closed at the end."""
+    if kind == "zarr":
+        if mode == "r":
+            yield zarr.open_group(path, mode="r")
+        else:  # edited through the group itself; its consolidated metadata is rewritten afterwards, as anndata does
+            yield zarr.open_group(path, mode=mode, use_consolidated=False)
+            zarr.consolidate_metadata(path)
+    else:
+        with h5py.File(path, mode) as f:
+            yield f
+
+
+def _is_group(element) -> bool:
+    return isinstance(element, (h5py.Group, zarr.Group))
+
+
+def _index(group) -> pd.Index:
     """The index (obs or var names) of a dataframe element, without reading its columns."""
     return pd.Index(read_elem(group[group.attrs["_index"]]))
 
 
-def read_matrix(path: str | os.PathLike, layer: str | None) -> tuple[Any, pd.Index, pd.Index]:
-    """``X`` (or ``layers[layer]``) of an .h5ad file with its cell and gene names; nothing else is read.
+def _rows_per_block(row_bytes: int) -> int:
+    return max(1, BLOCK_BYTES // max(row_bytes, 1))
 
-    Refuses, before reading it, a matrix whose stored values alone exceed the
-    memory available.
+
+class StoredMatrix:
+    """``X`` or a layer of an open .h5ad file or .zarr store, read whole or block by block.
+
+    Dense and CSR matrices are read in blocks of rows, CSC matrices in blocks of
+    columns (``width`` columns, or a multiple of it); values come out as float32.
+    """
+
+    def __init__(self, element, key: str, path: Path) -> None:
+        self.key, self.path = key, path
+        if _is_group(element):
+            encoding = element.attrs.get("encoding-type")
+            if encoding not in ("csr_matrix", "csc_matrix"):
+                raise InputError(f"{key} is stored as {encoding!r}, not as a matrix; pass a layer holding a dense or sparse matrix")
+            self._sparse = sparse_dataset(element)
+            self.format = self._sparse.format
+            self.nnz = int(element["data"].shape[0])
+            dtype = element["data"].dtype
+        else:
+            self._sparse = None
+            self.format, self.nnz, dtype = "dense", None, element.dtype
+        self._element = element
+        self.shape = tuple(int(s) for s in element.attrs["shape"]) if self._sparse is not None else tuple(element.shape)
+        check_dtype(np.dtype(dtype))
+        check_shape(self.shape, "expression matrix")
+
+    def in_memory_bytes(self) -> int:
+        """Bytes of the float32 matrix once read (CSR: values, indices and row pointers)."""
+        n, g = self.shape
+        return 4 * n * g if self.nnz is None else 8 * self.nnz + 8 * (n + 1)
+
+    def read(self) -> np.ndarray | sp.spmatrix:
+        """The whole matrix (a dense one is filled block by block into one float32 array)."""
+        if self._sparse is not None:
+            with _readable(self.path):
+                return read_elem(self._element)
+        out = np.empty(self.shape, dtype=np.float32)
+        for row, _, block in self.blocks():
+            out[row : row + block.shape[0]] = block
+        return out
+
+    def blocks(self, width: int = 64) -> Iterator[tuple[int, int, np.ndarray | sp.spmatrix]]:
+        """``(row, column, block)`` of float32 blocks covering the matrix in order (sparse blocks stay sparse)."""
+        n, g = self.shape
+        if self.format == "csc":
+            step = width * _rows_per_block(4 * n * width)
+            for col in range(0, g, step):
+                with _readable(self.path):
+                    block = sp.csc_matrix(self._sparse[:, col : col + step], dtype=np.float32)
+                yield 0, col, block
+            return
+        step = _rows_per_block(4 * g)
+        for row in range(0, n, step):
+            with _readable(self.path):
+                if self._sparse is not None:
+                    block = sp.csr_matrix(self._sparse[row : row + step], dtype=np.float32)
+                else:
+                    block = np.asarray(self._element[row : row + step], dtype=np.float32)
+            yield row, 0, block
+
+
+@contextmanager
+def open_matrix(path: str | os.PathLike, layer: str | None) -> Iterator[tuple[StoredMatrix, pd.Index, pd.Index]]:
+    """``X`` (or ``layers[layer]``) of an .h5ad file or .zarr store, unread, with its cell and gene names.
+
+    The file stays open (read-only) inside the block; nothing else of it is read.
     """
     path = Path(path)
-    _check_input_file(path)
-    with _readable(path), h5py.File(path, "r") as f:
-        if "obs" not in f or "var" not in f:
-            raise InputError(f"cannot read {str(path)!r} as AnnData: it is HDF5 but has no obs/var; pass an .h5ad file written by anndata")
-        key = "X" if layer is None else f"layers/{layer}"
-        if key not in f:
-            if layer is None:
-                raise InputError(f"{str(path)!r} has no X; pass --layer naming the layer to impute")
-            known = ", ".join(map(repr, f["layers"].keys())) if "layers" in f else "none"
-            raise InputError(f"layer {layer!r} not found in {str(path)!r} (available: {known}); pass one of them or omit --layer for X")
-        element = f[key]
-        stored = sum(part.nbytes for part in element.values()) if isinstance(element, h5py.Group) else element.nbytes
-        available = _memory.available_bytes()
-        if available is not None and stored > available:
-            raise InputError(
-                f"{key} of {str(path)!r} takes {stored / 1024**3:.1f} GiB as stored but {available / 1024**3:.1f} GiB "
-                "of memory is available; select genes or cells first, or run on a machine with more memory"
-            )
-        return read_elem(element), _index(f["obs"]), _index(f["var"])
+    kind = _format_of_input(path)
+    with ExitStack() as stack:
+        with _readable(path):  # only errors of reading this file, not of what the caller does with it
+            f = stack.enter_context(_open(path, kind, "r"))
+            stored, names = _matrix_and_names(f, path, layer)
+        yield stored, *names
+
+
+def _matrix_and_names(f, path: Path, layer: str | None) -> tuple[StoredMatrix, tuple[pd.Index, pd.Index]]:
+    if "obs" not in f or "var" not in f:
+        raise InputError(f"cannot read {str(path)!r} as AnnData: it has no obs/var; pass an .h5ad file or .zarr store written by anndata")
+    key = "X" if layer is None else f"layers/{layer}"
+    if key not in f:
+        if layer is None:
+            raise InputError(f"{str(path)!r} has no X; pass --layer naming the layer to impute")
+        known = ", ".join(map(repr, f["layers"].keys())) if "layers" in f else "none"
+        raise InputError(f"layer {layer!r} not found in {str(path)!r} (available: {known}); pass one of them or omit --layer for X")
+    return StoredMatrix(f[key], key, path), (_index(f["obs"]), _index(f["var"]))
+
+
+def output_format(output: Path) -> str:
+    """``"zarr"`` for a path ending in ``.zarr``, else ``"h5ad"``."""
+    return "zarr" if output.suffix == ".zarr" else "h5ad"
+
+
 def check_output_path(output: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = (), force: bool = False) -> Path:
     """Refuse an output that would overwrite an input, an existing file (unless ``force``) or sits in a missing folder."""
     output = Path(output)
@@ -91,8 +193,11 @@ def check_output_path(output: str | os.PathLike, *, inputs: tuple[str | os.PathL
         )
         if same:
             raise InputError(f"output {str(output)!r} is the input file; choose another output path (the input is never modified)")
-    if output.is_dir():
-        raise InputError(f"output {str(output)!r} is a folder; pass a file path such as {str(output / 'imputed.h5ad')!r}")
+    zarr_output = output_format(output) == "zarr"
+    if output.is_dir() and not (zarr_output and is_zarr(output)):
+        raise InputError(f"output {str(output)!r} is a folder; pass a file path such as {str(output / 'imputed.h5ad')!r} (or a .zarr store)")
+    if zarr_output and output.exists() and not output.is_dir():
+        raise InputError(f"output {str(output)!r} is a file, not a zarr store; choose another output path")
     if output.exists() and not force:
         raise InputError(f"output {str(output)!r} already exists; choose another path or pass --force to replace it")
     folder = output.resolve().parent
@@ -109,31 +214,137 @@ def _umask() -> int:
     return mask
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_output(output: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path in the output's folder, renamed to ``output`` when the block succeeds.
+    """A temporary path in the output's folder (a file, or a folder for .zarr), renamed to ``output`` when the block succeeds.
 
-    An interrupted or failed write leaves no partial file behind.
+    An interrupted or failed write leaves no partial output behind; an existing
+    ``output`` is replaced only once the new one is complete.
     """
     output = Path(output)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp.h5ad", dir=output.resolve().parent)
-    os.close(fd)
+    folder = output.resolve().parent
+    if output_format(output) == "zarr":
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp.zarr", dir=folder))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the usual permissions
+        shutil.rmtree(tmp)  # the writer creates the store itself
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp.h5ad", dir=folder)
+        os.close(fd)
+        tmp = Path(name)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, output)
+        yield tmp
+        if tmp.is_file():
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        if tmp.is_dir() and output.is_dir():  # a folder cannot replace a non-empty one in one step
+            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=folder))
+            os.replace(output, old / output.name)
+            os.replace(tmp, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, output)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(tmp)
         raise
 
 
-def write_h5ad_atomic(adata: ad.AnnData, output: str | os.PathLike) -> None:
-    """Write ``adata`` to ``output`` through :func:`atomic_output`."""
-    with atomic_output(output) as tmp:
-        adata.write_h5ad(tmp)
+def write_anndata(adata: ad.AnnData, path: Path, kind: str) -> None:
+    """Write an in-memory AnnData as an .h5ad file or a .zarr store (``kind``)."""
+    if kind == "zarr":
+        adata.write_zarr(path)
+    else:
+        adata.write_h5ad(path)
 
 
-def _group(parent: h5py.Group, name: str) -> h5py.Group:
+@contextmanager
+def open_for_update(path: Path, kind: str):
+    """The root group of an AnnData file or store, open for writing."""
+    with _open(path, kind, "r+") as f:
+        yield f
+
+
+def copy_anndata(source: Path, target: Path, kind: str) -> None:
+    """Copy an AnnData file or store to ``target`` in format ``kind``, matrices in blocks (never whole in memory)."""
+    source_kind = _format_of_input(source)
+    if source_kind == kind:
+        if kind == "zarr":
+            shutil.copytree(source, target)
+        else:
+            shutil.copyfile(source, target)
+        return
+    with _readable(source), _open(source, source_kind, "r") as src, _open_new(target, kind) as dst:
+        dst.attrs.update({name: _plain(value) for name, value in src.attrs.items()})
+        for key in src.keys():
+            _copy_element(src, dst, key)
+
+
+@contextmanager
+def _open_new(path: Path, kind: str):
+    if kind == "zarr":
+        yield zarr.open_group(path, mode="w", zarr_format=ad.settings.zarr_write_format)
+        zarr.consolidate_metadata(path)
+    else:
+        with h5py.File(path, "w") as f:
+            yield f
+
+
+def _plain(value):
+    """An attribute value both h5py and zarr (JSON) accept."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode()
+    return value
+
+
+def _copy_element(src, dst, key: str) -> None:
+    """Copy ``src[key]`` into ``dst``: mappings entry by entry, numeric arrays and sparse parts in blocks, the rest through anndata."""
+    element = src[key]
+    encoding = element.attrs.get("encoding-type")
+    if encoding == "dict":
+        write_elem(dst, key, {})
+        for child in element.keys():
+            _copy_element(element, dst[key], child)
+    elif encoding in ("csr_matrix", "csc_matrix"):
+        group = dst.create_group(key)
+        group.attrs.update({name: _plain(value) for name, value in element.attrs.items()})
+        for part in element.keys():
+            _copy_array(element[part], group, part)
+    elif encoding == "array" and np.issubdtype(element.dtype, np.number):
+        _copy_array(element, dst, key)
+    else:
+        write_elem(dst, key, read_elem(element))
+
+
+def _new_array(group, name: str, shape: tuple[int, ...], dtype, chunks: tuple[int, ...]):
+    """An empty array ``group[name]`` (h5py dataset or zarr array) of ``chunks``."""
+    chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape))
+    if isinstance(group, zarr.Group):
+        return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks)
+    return group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks if all(shape) else None)
+
+
+def _copy_array(array, dst, name: str) -> None:
+    shape = tuple(array.shape)
+    row_bytes = array.dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    step = _rows_per_block(row_bytes)
+    copy = _new_array(dst, name, shape, array.dtype, (min(step, 1 << 16), *shape[1:]))
+    copy.attrs.update({key: _plain(value) for key, value in array.attrs.items()})
+    for start in range(0, shape[0] if shape else 0, step):
+        copy[start : start + step] = array[start : start + step]
+    if not shape:
+        copy[()] = array[()]
+
+
+def _group(parent, name: str):
     """``parent[name]``, created as an (empty) AnnData mapping if missing."""
     if name not in parent:
         write_elem(parent, name, {})
@@ -144,23 +355,21 @@ def _group(parent: h5py.Group, name: str) -> h5py.Group:
 LAYER_CHUNK_ROWS = 4096
 
 
-def create_layer(f: h5py.File, key: str, shape: tuple[int, int], width: int) -> h5py.Dataset:
-    """An empty dense float32 layer ``layers[key]`` in an open .h5ad file, replacing one of that name.
+def create_layer(f, key: str, shape: tuple[int, int], width: int):
+    """An empty dense float32 layer ``layers[key]`` in an open .h5ad file or zarr store, replacing one of that name.
 
     Its chunks are ``width`` genes wide, so the pipeline writes it panel by panel.
     """
     layers = _group(f, "layers")
     if key in layers:
         del layers[key]
-    chunks = (min(shape[0], LAYER_CHUNK_ROWS), min(shape[1], width))
-    dataset = layers.create_dataset(key, shape=shape, dtype="float32", chunks=chunks)
-    dataset.attrs["encoding-type"] = "array"
-    dataset.attrs["encoding-version"] = "0.2.0"
+    dataset = _new_array(layers, key, shape, "float32", (LAYER_CHUNK_ROWS, width))
+    dataset.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
     return dataset
 
 
-def write_element(f: h5py.File, where: str, key: str, value) -> None:
-    """Write ``value`` as ``where/key`` of an open .h5ad file (anndata's encoding), replacing one of that name."""
+def write_element(f, where: str, key: str, value) -> None:
+    """Write ``value`` as ``where/key`` of an open .h5ad file or zarr store (anndata's encoding), replacing one of that name."""
     group = _group(f, where)
     if key in group:
         del group[key]

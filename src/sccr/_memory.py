@@ -122,6 +122,7 @@ def estimate_peak_bytes(
     out_of_core: bool = False,
     output_in_memory: bool = True,
     exact: bool = True,
+    input_on_disk: bool = False,
 ) -> int:
     """Peak bytes a run allocates beyond its validated input.
 
@@ -141,8 +142,14 @@ def estimate_peak_bytes(
     exact
         Exact neighbour search (which normalises a copy of its matrix), or the
         approximate one (:func:`sccr._ann.search_bytes`).
+    input_on_disk
+        The input itself was streamed into a scratch file (with ``out_of_core``):
+        it is read in blocks like the intermediate matrices, and ``nnz`` is
+        ignored (no sparse copies).
     """
     n, g = int(n_cells), int(n_genes)
+    if input_on_disk:
+        nnz = None
     matrix = 4 * n * g
     block = BLOCK_COPIES * 4 * min(SIMILARITY_BLOCK_ELEMENTS, max(n, g) ** 2)
     # An exact search normalises a copy of a dense matrix (a scratch file is loaded first,
@@ -151,7 +158,8 @@ def estimate_peak_bytes(
     dense_input = nnz is None
     beside = {
         None: 0,
-        "input": block + matrix * dense_input if exact else search_bytes(n, g, streamed=False),
+        "input": (block + matrix * (2 if input_on_disk else dense_input)) if exact else search_bytes(n, g, streamed=input_on_disk),
+        # scBFP's gene graph: a contiguous transposed copy (loaded from the scratch file first) and its normalised copy.
         "transposed": block + 2 * matrix * dense_input,
         # Chunks of up to 4096 cells standardised in float32 and float64, with float64
         # products (measured: about 30 bytes per cell x gene of a chunk), and the correlation blocks.
@@ -182,39 +190,60 @@ def _gib(n_bytes: int) -> str:
 def plan_out_of_core(
     X: np.ndarray | sp.csr_matrix, p: Params, *, memory_budget=None, output_in_memory: bool = True
 ) -> bool:
-    """Whether the run on validated ``X`` keeps its intermediate matrices in scratch files.
+    """Whether the run on validated in-memory ``X`` keeps its intermediate matrices in scratch files (see :func:`plan`)."""
+    out_of_core, _ = plan(X.shape, X.nnz if sp.issparse(X) else None, p, memory_budget=memory_budget, output_in_memory=output_in_memory)
+    return out_of_core
 
-    In memory when the run's estimate fits in ``memory_budget`` (default: the memory
-    available now); out of core when only that fits; otherwise
-    :class:`~sccr.InputError`, with the estimate and the fixes. An unknown amount of
-    available memory, or ``SCCR_SKIP_MEMORY_CHECK=1`` without a budget, means in memory.
+
+def plan(
+    shape: tuple[int, int],
+    nnz: int | None,
+    p: Params,
+    *,
+    memory_budget=None,
+    output_in_memory: bool = True,
+    input_bytes: int | None = None,
+) -> tuple[bool, bool]:
+    """``(out_of_core, input_on_disk)`` for a run on a ``shape`` input (``nnz``: stored entries of a sparse one).
+
+    ``input_bytes``: what the input takes once read into memory, for an input still
+    in a file (``None``: it is in memory already, and stays there). Each step puts
+    more on disk only when the previous one does not fit in ``memory_budget``
+    (default: the memory available now): everything in memory; the intermediate
+    matrices in scratch files; then also the input, streamed into one. When even
+    that does not fit, :class:`~sccr.InputError` with the estimate and the fixes.
+    An unknown amount of available memory, or ``SCCR_SKIP_MEMORY_CHECK=1`` without a
+    budget, means in memory.
     """
     from ._validation import InputError
 
     budget = parse_memory_size(memory_budget)
     if budget is None:
         if os.environ.get(SKIP_ENV, "") == "1":
-            return False
+            return False, False
         budget = available_bytes()
         if budget is None:
-            return False
-    n, g = X.shape
-    nnz = X.nnz if sp.issparse(X) else None
+            return False, False
+    n, g = shape
+    held = 0 if input_bytes is None else input_bytes
 
-    def need(out_of_core: bool) -> int:
-        return estimate_peak_bytes(
+    def need(out_of_core: bool, input_on_disk: bool = False) -> int:
+        return (0 if input_on_disk else held) + estimate_peak_bytes(
             n, g, nnz, method=p.method, k=p.k, k_gene=p.k_gene, n_jobs=p.n_jobs,
             out_of_core=out_of_core, output_in_memory=output_in_memory,
-            exact=resolve_knn(p.knn, n) == "exact",
+            exact=resolve_knn(p.knn, n) == "exact", input_on_disk=input_on_disk,
         )
 
-    if need(False) <= budget:
-        return False
-    if need(True) <= budget or os.environ.get(SKIP_ENV, "") == "1":
-        return True
+    steps = [(False, False), (True, False)] + ([(True, True)] if input_bytes is not None else [])
+    for step in steps:
+        if need(*step) <= budget:
+            return step
+    if os.environ.get(SKIP_ENV, "") == "1":
+        return steps[-1]
+    least = need(*steps[-1])
     limit = f"the memory budget is {_gib(budget)}" if memory_budget is not None else f"{_gib(budget)} is available"
     raise InputError(
-        f"imputing {n} cells x {g} genes with {p.method} needs about {_gib(need(True))} of memory "
+        f"imputing {n} cells x {g} genes with {p.method} needs about {_gib(least)} of memory "
         f"even out of core ({_gib(need(False))} in memory) but {limit}; raise "
         "memory_budget= (command line: --memory-budget 8G) if the machine has more, write the output "
         "to a file (the command line streams it), use fewer threads (n_jobs), run on a Dask cluster "

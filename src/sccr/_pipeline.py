@@ -92,6 +92,8 @@ def standardisation(D: np.ndarray | SliceStore) -> tuple[np.ndarray, np.ndarray]
 
 
 def _dense_rows(X, start: int, stop: int) -> np.ndarray:
+    if isinstance(X, SliceStore):
+        return X.rows(start, stop)
     rows = X[start:stop]
     return rows.toarray() if sp.issparse(rows) else np.asarray(rows)
 
@@ -212,7 +214,10 @@ def _run_scfp(X, p: Params, t: _Timer, ws: Workspace, out: SliceStore) -> Result
 
 def _run_scbfp(X, p: Params, t: _Timer, ws: Workspace, out: SliceStore) -> Result:
     with t.stage("gene_graph"):
-        XT = X.T.tocsr() if sp.issparse(X) else X.T
+        if isinstance(X, SliceStore):  # an input streamed into a scratch file: genes x cells in memory
+            XT = np.ascontiguousarray(X.to_array().T)
+        else:
+            XT = X.T.tocsr() if sp.issparse(X) else X.T
         Ag = knn_graph(XT, p.k_gene, sym=True, norm="sym")
         del XT
     Dg = ws.new("Dg", X.shape, p.chunk)
@@ -229,13 +234,13 @@ _RUNNERS = {"sccr": _run_sccr, "scfp": _run_scfp, "scbfp": _run_scbfp}
 
 
 def run(
-    X: np.ndarray | sp.csr_matrix,
+    X: np.ndarray | sp.csr_matrix | SliceStore,
     p: Params,
     *,
     workspace: Workspace | None = None,
     out: SliceStore | None = None,
 ) -> Result:
-    """Impute validated ``X`` (cells x genes, float32, dense or CSR) with method ``p.method``.
+    """Impute validated ``X`` (cells x genes, float32: dense, CSR, or a store such as a scratch file) with method ``p.method``.
 
     ``workspace`` makes the intermediate matrices (default: numpy arrays); ``out``
     receives the imputed matrix (default: a new array, returned as ``Result.imputed``).

@@ -32,9 +32,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_impute(sub) -> None:
-    p = sub.add_parser("impute", help="impute an .h5ad file", description="Impute INPUT.h5ad with scCR and write OUTPUT.h5ad (atomically; INPUT is never modified).")
-    p.add_argument("input", metavar="INPUT.h5ad")
-    p.add_argument("output", metavar="OUTPUT.h5ad")
+    p = sub.add_parser(
+        "impute", help="impute an .h5ad file or .zarr store",
+        description="Impute INPUT (.h5ad or .zarr) with scCR and write OUTPUT (atomically; INPUT is never modified). "
+        "OUTPUT is a zarr store when its name ends in .zarr, else an .h5ad file. The imputed layer is written "
+        "block by block; the input matrix is streamed into a scratch file when the run fits in memory only so.",
+    )
+    p.add_argument("input", metavar="INPUT", help="an .h5ad file or a .zarr store")
+    p.add_argument("output", metavar="OUTPUT", help="an .h5ad file, or a .zarr store")
     p.add_argument("--layer", default=None, help="layer to impute instead of X")
     p.add_argument("--key-added", default="sccr", help="name of the output layer, uns, obsp and varp entries (default: sccr)")
     p.add_argument("--method", default="sccr", choices=["sccr", "scfp", "scbfp"], help="imputation method (default: sccr)")
@@ -126,7 +131,7 @@ def _impute_on(args, client) -> None:
         backend=args.backend, client=client, memory_budget=args.memory_budget, scratch_dir=args.scratch_dir,
     )
     n, g = model.cell_graph_.shape[0], model.n_features_in_
-    where = "out of core" if model.out_of_core_ else "in memory"
+    where = "in memory" if not model.out_of_core_ else ("out of core, input streamed" if model.input_on_disk_ else "out of core")
     echo(f"imputed {n} cells x {g} genes with {args.method} ({where}, {model.knn_used_} neighbours) in {time.perf_counter() - start:.2f} s")
     echo(f"wrote {args.output} (layer {args.key_added!r})")
 
