@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/streamed_input.py [--cells 1000000] [--memory-budget 10G]
        [--source ../shared/data/pbmc4k_top2000.h5ad] [--work /tmp/sccr-streamed]
-       [--n-jobs 2] [--out benchmarks/results/streamed_input.json]
+       [--n-jobs 2] [--out benchmarks/results/streamed_input.json]  (a run replaces the one of its size)
 
 The input is built as in ``scaling.py`` (``resample.py``: cells drawn with replacement,
 counts Binomial(count, 0.8)), preprocessed as the paper does, and stored *dense*
@@ -82,8 +82,12 @@ def main() -> None:
     row = {"cells": args.cells, "seconds": seconds, "peak_rss_mib": peak, "memory_budget": args.memory_budget,
            "input": "dense float32 X of a .zarr store", "command": " ".join(["sccr", *argv[3:]]), **score(output, "sccr")}
     output.unlink()
+    report = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
+    report["runs"] = sorted([r for r in report["runs"] if r["cells"] != args.cells] + [row], key=lambda r: r["cells"])
+    report.update({"source": args.source.name, "n_jobs": args.n_jobs,
+                   "resampling": "cells drawn with replacement, counts Binomial(count, 0.8), seed 0"})
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(row, indent=1) + "\n")
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"{args.cells} cells, dense input streamed: {seconds:.1f} s, peak RSS {peak:.0f} MiB, ARI imputed "
           f"{row['ari_imputed']:.3f} ± {row['ari_imputed_sd']:.3f}; wrote {args.out}")
 

@@ -232,8 +232,7 @@ def atomic_output(output: str | os.PathLike) -> Iterator[Path]:
     folder = output.resolve().parent
     if output_format(output) == "zarr":
         tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp.zarr", dir=folder))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the usual permissions
-        shutil.rmtree(tmp)  # the writer creates the store itself
+        tmp.rmdir()  # a unique name; the writer creates the store itself, with the usual permissions
     else:
         fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp.h5ad", dir=folder)
         os.close(fd)
