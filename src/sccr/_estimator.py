@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, clone
 from ._dask import DaskExecutor, resolve_executor
 from ._executor import executing
 from ._graph import resolve_knn
-from ._memory import plan
+from ._memory import plan, plan_out_of_core
 from ._pipeline import Params, run
 from ._store import SliceStore, Workspace
 from ._validation import ValueSummary, canonical, check_expression, check_params, check_scratch_dir
@@ -156,8 +156,7 @@ class SCCR(TransformerMixin, BaseEstimator):
                 X = check_expression(X.read(), params.k, k_gene=k_gene)
         else:
             X = check_expression(X, params.k, k_gene=k_gene)
-            nnz = X.nnz if sp.issparse(X) else None
-            out_of_core = plan(X.shape, nnz, params, memory_budget=self.memory_budget, output_in_memory=output_in_memory)[0]
+            out_of_core = plan_out_of_core(X, params, memory_budget=self.memory_budget, output_in_memory=output_in_memory)
             input_on_disk = False
         return _Prepared(X, params, out_of_core, input_on_disk, resolve_executor(self.backend, self.client))
 
