@@ -49,3 +49,20 @@ def require(path: Path) -> Path:
 def bladder_genes() -> list[str]:
     path = require(REFERENCE / f"{BLADDER}.genes.txt")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def in_threads(n_jobs: int, function, *args, **kwargs):
+    """``function(*args, **kwargs)`` run inside an engine execution of ``n_jobs`` threads."""
+    from sccr._engine.execution import Execution, executing
+
+    with executing(Execution(n_jobs=n_jobs)):
+        return function(*args, **kwargs)
+
+
+def run_options(X, *, chunk: int | None = None, **options):
+    """The engine's entry on ``X`` with ``options`` (checked, memory planned); ``chunk``: columns per propagation chunk."""
+    from sccr._engine import prepare
+    from sccr._options import Options
+
+    with prepare(X, Options(**options)) as job:
+        return job.execute(chunk=chunk)

@@ -1,4 +1,4 @@
-"""Approximate k-NN (sccr._ann) and the knn= switch of sccr._graph.knn_graph (docs/knn.md)."""
+"""Approximate k-NN (sccr._engine.ann) and the knn= switch of sccr._engine.graph.knn_graph (docs/knn.md)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,25 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from helpers import DATA, REFERENCE, make_expression, require
-from sccr import _ann, _graph
-from sccr._ann import approximate_neighbours
-from sccr._graph import _cosine_blocks, _exact_cosine, _row_normalised, knn_graph, resolve_knn, top_neighbours
+import sccr
+from helpers import DATA, REFERENCE, in_threads, make_expression, require
+from sccr._engine import ann as _ann, graph as _graph
+from sccr._engine.matrix import Matrix
+from sccr._engine.ann import approximate_neighbours
+from sccr._engine.graph import _cosine_blocks, _exact_cosine, _row_normalised, knn_graph, resolve_knn, top_neighbours
 
 K1 = 16  # k = 15 plus the row itself, as the pipeline asks
 
 
-class Streamed:
-    """A dense matrix seen only through ``iter_row_blocks`` (as a store on disk)."""
+class Streamed(Matrix):
+    """A dense matrix seen only through ``row_blocks`` (as a store on disk)."""
 
     def __init__(self, M: np.ndarray):
         self._M = M
         self.shape = M.shape
         self.passes = 0
 
-    def iter_row_blocks(self, rows: int):
+    def row_blocks(self, rows: int = 4096):
         self.passes += 1
         for start in range(0, self.shape[0], rows):
             yield start, self._M[start : start + rows].copy()
@@ -60,13 +62,13 @@ def small_clusters(monkeypatch):
 def test_recall_on_real_data(pbmc, small_clusters):
     # Measured 0.98 at 20k and 50k resampled cells (docs/knn.md); 0.95 is the contract.
     X, (_, values) = pbmc
-    indices, _ = approximate_neighbours(X, K1, random_state=0, n_jobs=2)
+    indices, _ = in_threads(2, approximate_neighbours, X, K1, random_state=0)
     assert recall(indices, X, values) >= 0.95
 
 
 def test_output_format_and_exact_values(pbmc, small_clusters):
     X, _ = pbmc
-    indices, values = approximate_neighbours(X, K1, random_state=0, n_jobs=1)
+    indices, values = in_threads(1, approximate_neighbours, X, K1, random_state=0)
     n = X.shape[0]
     assert indices.shape == values.shape == (n, K1)
     assert indices.dtype == np.int64 and values.dtype == np.float32
@@ -87,8 +89,8 @@ def test_output_format_and_exact_values(pbmc, small_clusters):
 
 def test_deterministic_for_seed_and_threads(pbmc, small_clusters):
     X, _ = pbmc
-    a = approximate_neighbours(X[:1500], K1, random_state=3, n_jobs=2)
-    b = approximate_neighbours(X[:1500], K1, random_state=3, n_jobs=2)
+    a = in_threads(2, approximate_neighbours, X[:1500], K1, random_state=3)
+    b = in_threads(2, approximate_neighbours, X[:1500], K1, random_state=3)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
 
@@ -96,7 +98,7 @@ def test_deterministic_for_seed_and_threads(pbmc, small_clusters):
 def test_thread_settings_restored(pbmc):
     X, _ = pbmc
     before = numba.get_num_threads()
-    approximate_neighbours(X[:300], K1, random_state=0, n_jobs=1)
+    in_threads(1, approximate_neighbours, X[:300], K1, random_state=0)
     assert numba.get_num_threads() == before
 
 
@@ -105,33 +107,33 @@ def test_streamed_blocks_equal_in_memory(pbmc, small_clusters, monkeypatch):
     D = X[:1200].toarray()
     # Column slices of 256 genes: 8 scoring passes per round instead of 1.
     monkeypatch.setattr(_ann, "SLICE_BYTES", 4 * D.shape[0] * 256)
-    monkeypatch.setattr(_ann, "BLOCK_ROWS", 500)
+    monkeypatch.setattr(_ann, "ROW_BLOCK", 500)
     stream = Streamed(D)
-    a = approximate_neighbours(stream, K1, random_state=0, n_jobs=2)
-    b = approximate_neighbours(D, K1, random_state=0, n_jobs=2)
+    a = in_threads(2, approximate_neighbours, stream, K1, random_state=0)
+    b = in_threads(2, approximate_neighbours, D, K1, random_state=0)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     # 2 passes for the projection, then 8 column slices for each of the 2 scoring rounds.
     assert stream.passes == _ann.N_PASSES_PCA + 8 * (1 + _ann.N_REFINE)
     # The sparse path gives the same neighbours (values within float32 rounding).
-    c = approximate_neighbours(sp.csr_matrix(D), K1, random_state=0, n_jobs=2)
+    c = in_threads(2, approximate_neighbours, sp.csr_matrix(D), K1, random_state=0)
     assert (c[0] == a[0]).mean() > 0.99
     np.testing.assert_allclose(c[1], a[1], atol=1e-6)
 
 
 def test_streamed_input_must_cover_all_rows():
     class Short(Streamed):
-        def iter_row_blocks(self, rows):
+        def row_blocks(self, rows):
             yield 0, self._M[:5]
 
     with pytest.raises(ValueError, match="covered 5 rows"):
-        approximate_neighbours(Short(make_expression()), 4, random_state=0, n_jobs=1)
+        approximate_neighbours(Short(make_expression()), 4, random_state=0)
 
 
 def test_all_zero_rows():
     X = make_expression(80, 30)
     X[[3, 40]] = 0
-    indices, values = approximate_neighbours(X, 6, random_state=0, n_jobs=1)
+    indices, values = in_threads(1, approximate_neighbours, X, 6, random_state=0)
     assert (values[[3, 40]] == 0).all()
     others = np.setdiff1d(np.arange(80), [3, 40])
     assert not np.isin(indices[others], [3, 40]).any() or (values[np.isin(indices, [3, 40])] == 0).all()
@@ -144,7 +146,7 @@ def test_all_zero_rows():
 @pytest.mark.parametrize("n", [1, 2, 5, 16])
 def test_fewer_rows_than_neighbours(n):
     X = make_expression(n, 30) + 0.01  # no empty rows
-    indices, values = approximate_neighbours(X, K1, random_state=0, n_jobs=1)
+    indices, values = in_threads(1, approximate_neighbours, X, K1, random_state=0)
     assert indices.shape == values.shape == (n, min(n, K1))
     # With everything a candidate, the result is the exact one.
     e_idx, e_val = exact(X)
@@ -153,7 +155,7 @@ def test_fewer_rows_than_neighbours(n):
 
 
 def test_empty_input():
-    indices, values = approximate_neighbours(np.zeros((0, 4), dtype=np.float32), 5, random_state=0, n_jobs=1)
+    indices, values = approximate_neighbours(np.zeros((0, 4), dtype=np.float32), 5, random_state=0)
     assert indices.shape == values.shape == (0, 0)
 
 
@@ -161,7 +163,7 @@ def test_small_input_equals_exact_graph():
     # 60 rows: one pool with every row, so the approximate graph is the exact one.
     X = make_expression()
     for sym in (False, True):
-        a = knn_graph(X, 5, sym=sym, knn="approx", random_state=1, n_jobs=2)
+        a = in_threads(2, knn_graph, X, 5, sym=sym, knn="approx", random_state=1)
         b = knn_graph(X, 5, sym=sym)
         np.testing.assert_allclose(a.toarray(), b.toarray(), atol=1e-6)
 
@@ -172,24 +174,22 @@ def test_resolve_knn_and_auto_switch(monkeypatch):
     assert resolve_knn("approx", 3) == "approx"
     assert resolve_knn("auto", t - 1) == "exact"
     assert resolve_knn("auto", t) == "approx"
-    with pytest.raises(ValueError, match="knn must be one of"):
-        resolve_knn("fast", 10)
-    with pytest.raises(ValueError, match="knn must be one of"):
-        knn_graph(make_expression(), 3, sym=True, knn="hnsw")
+    with pytest.raises(sccr.InputError, match="knn must be one of auto, exact, approx; got 'hnsw'"):
+        sccr.SCCR(knn="hnsw").fit(make_expression())  # checked once, at the boundary
 
     calls = []
 
-    def spy(M, n, *, random_state, n_jobs):
-        calls.append((M.shape, n, random_state, n_jobs))
-        return approximate_neighbours(M, n, random_state=random_state, n_jobs=n_jobs)
+    def spy(M, n, *, random_state, desc):
+        calls.append((M.shape, n, random_state))
+        return approximate_neighbours(M, n, random_state=random_state)
 
     monkeypatch.setattr(_ann, "approximate_neighbours", spy)
     X = make_expression()
-    knn_graph(X, 4, sym=True, knn="auto", random_state=7, n_jobs=2)
+    in_threads(2, knn_graph, X, 4, sym=True, knn="auto", random_state=7)
     assert calls == []  # 60 rows: exact
     monkeypatch.setattr(_graph, "APPROX_MIN_CELLS", 50)
-    knn_graph(X, 4, sym=True, knn="auto", random_state=7, n_jobs=2)
-    assert calls == [((60, 30), 5, 7, 2)]
+    in_threads(2, knn_graph, X, 4, sym=True, knn="auto", random_state=7)
+    assert calls == [((60, 30), 5, 7)]
 
 
 def test_exact_graph_accepts_row_blocks():

@@ -310,12 +310,12 @@ def test_duplicate_names_warn_on_the_command_line(adata, axis, tmp_path, capsys)
     assert code == 0 and any(f"1 duplicate {axis}_names" in line for line in warned), err
 
 
-def test_view_copy_false_becomes_actual_like_scanpy(adata):
+def test_view_copy_false_is_refused_with_the_fix(adata):
+    """What would be written into a view never reaches its parent: refuse, and say how to get a result."""
     view = adata[:40]
-    with pytest.warns(UserWarning, match="view"):  # anndata's ImplicitModificationWarning
+    with pytest.raises(sccr.InputError, match=r"adata is a view .*sub = adata\[:, genes\].copy\(\).*copy=True"):
         sccr.impute(view, **API)
-    assert not view.is_view and view.layers["sccr"].shape == (40, N_GENES)
-    assert "sccr" not in adata.layers  # the parent is untouched
+    assert view.is_view and "sccr" not in view.layers and "sccr" not in adata.layers
 
 
 def test_view_copy_true_leaves_view(adata):
@@ -429,7 +429,7 @@ def leftovers(folder) -> set[str]:
     return {p.name for p in folder.iterdir()} - {"in.h5ad"}
 
 
-@pytest.mark.parametrize("where", ["sccr._pipeline.signed_gene_graph", "sccr._io.os.replace"])
+@pytest.mark.parametrize("where", ["sccr._engine.pipeline.signed_gene_neighbours", "sccr._io.os.replace"])
 def test_ctrl_c_exits_130_and_leaves_nothing(where, tmp_path, capsys, monkeypatch):
     src, before = write_input(tmp_path, expression())
 
@@ -447,13 +447,14 @@ def test_ctrl_c_in_a_threaded_stage_drops_the_queued_chunks(monkeypatch):
     import contextlib
     import time
 
-    from sccr import _propagation
+    from sccr._engine import propagation as _propagation
+    from sccr._engine.execution import Execution, executing
 
     class InterruptedBar:
         def update(self):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(_propagation, "stage_bar", lambda *a: contextlib.nullcontext(InterruptedBar()))
+    monkeypatch.setattr(Execution, "bar", lambda *a, **k: contextlib.nullcontext(InterruptedBar()))
     loaded = []
 
     def load(i):
@@ -462,8 +463,9 @@ def test_ctrl_c_in_a_threaded_stage_drops_the_queued_chunks(monkeypatch):
         return np.ones((50, 4), np.float32), None
 
     with pytest.raises(KeyboardInterrupt):
-        _propagation.propagate_chunks(sp.identity(50, format="csr", dtype=np.float32), 100, load,
-                                      lambda i, block: None, n_iter=1, hard=True, n_jobs=2)
+        with executing(Execution(n_jobs=2)):
+            _propagation.propagate_chunks(sp.identity(50, format="csr", dtype=np.float32), 100, load,
+                                          lambda i, block: None, n_iter=1, hard=True)
     assert len(loaded) <= 5  # the chunk that finished and those in flight, not all 100
 
 
@@ -507,7 +509,7 @@ def test_internal_fault_exits_1_with_report_hint(tmp_path, capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr("sccr._pipeline.knn_graph", broken)
+    monkeypatch.setattr("sccr._engine.pipeline.knn_graph", broken)
     code, err = run_cli(capsys, "impute", src, tmp_path / "out.h5ad", *CLI)
     assert code == 1
     lines = err.strip().splitlines()
@@ -522,7 +524,7 @@ def test_multiline_error_messages_become_one_line(tmp_path, capsys, monkeypatch)
     def broken(*args, **kwargs):
         raise RuntimeError("first line\nsecond line")
 
-    monkeypatch.setattr("sccr._pipeline.knn_graph", broken)
+    monkeypatch.setattr("sccr._engine.pipeline.knn_graph", broken)
     code, err = run_cli(capsys, "impute", src, tmp_path / "out.h5ad", *CLI)
     assert code == 1 and len(err.strip().splitlines()) == 1 and "first line second line" in err
 
@@ -576,7 +578,7 @@ def test_docs_list_every_message():
 
     root = Path(__file__).resolve().parents[1]
     docs = (root / "docs" / "errors.md").read_text()
-    heads = [head for path in sorted((root / "src" / "sccr").glob("*.py")) for head in message_heads(path.read_text())]
+    heads = [head for path in sorted((root / "src" / "sccr").rglob("*.py")) for head in message_heads(path.read_text())]
     assert len(heads) >= 35
     missing = [head for head in heads if head not in docs]
     assert missing == [], missing

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from sccr._baselines import alra, alra_choose_k, alra_threshold_rescale, knn_smooth, magic, raw
+from sccr._benchmark.baselines import alra, alra_choose_k, alra_threshold_rescale, knn_smooth, magic, raw
 
 # --- ALRA ---------------------------------------------------------------------------------
 

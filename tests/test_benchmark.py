@@ -11,9 +11,9 @@ import scipy.sparse as sp
 
 import sccr
 from helpers import make_counts
-from sccr import _benchmark
-from sccr._benchmark import data_gene_edges, gene_edge_signs, load_dataset, method_params, read_records
-from sccr._report import summary_markdown
+from sccr._benchmark import runner as _benchmark
+from sccr._benchmark.runner import data_gene_edges, gene_edge_signs, load_dataset, method_params, read_records
+from sccr._benchmark.report import summary_markdown
 from sccr._resources import PeakRSS
 from sccr.cli import main
 

@@ -107,7 +107,7 @@ def test_output_keeps_everything_the_input_had(workdir, capsys):
 
 def test_memory_budget_streams_out_of_core_with_the_same_output(workdir, capsys, monkeypatch):
     """A budget only an out-of-core run fits: same layer, bit for bit; scratch files removed."""
-    from sccr._memory import SKIP_ENV, estimate_peak_bytes
+    from sccr._engine.memory import SKIP_ENV, estimate_peak_bytes
 
     monkeypatch.delenv(SKIP_ENV, raising=False)
     src, scratch = workdir / "in.h5ad", workdir / "scratch"
@@ -127,7 +127,7 @@ def test_memory_budget_streams_out_of_core_with_the_same_output(workdir, capsys,
 
 def test_zarr_in_zarr_out_with_the_input_streamed(workdir, capsys, monkeypatch):
     """A .zarr store in, a .zarr store out; a budget only a streamed input fits; same layer as in memory."""
-    from sccr._memory import SKIP_ENV, estimate_peak_bytes
+    from sccr._engine.memory import SKIP_ENV, estimate_peak_bytes
 
     monkeypatch.delenv(SKIP_ENV, raising=False)
     ad.read_h5ad(workdir / "in.h5ad").write_zarr(workdir / "in.zarr")
@@ -144,7 +144,7 @@ def test_zarr_in_zarr_out_with_the_input_streamed(workdir, capsys, monkeypatch):
 def test_memory_budget_too_small_is_refused(workdir, capsys):
     code, _, err = run_cli(capsys, "impute", workdir / "in.h5ad", workdir / "out.h5ad", *FAST, "--memory-budget", "1K")
     assert code == 2
-    assert_one_line_error(err, "even out of core", "but the memory budget is 0.0 GiB")
+    assert_one_line_error(err, "even out of core", "but the memory budget is 1.0 KiB")
     assert files_in(workdir) == {"in.h5ad"}
 
 
@@ -379,7 +379,7 @@ def test_demo_runs_on_small_data(monkeypatch, capsys):
     counts = make_counts(90, 30, seed=10)
     small = ad.AnnData(X=sp.csr_matrix(counts), obs={"celltype": (np.arange(90) % 3).astype(str)})
     small.var_names = [f"g{j}" for j in range(30)]
-    monkeypatch.setattr("sccr._demo.worm_neuron", lambda: small)
+    monkeypatch.setattr("sccr._benchmark.demo.worm_neuron", lambda: small)
     code, out, err = run_cli(capsys, "demo", "--seeds", "0", "--n-jobs", "1")
     assert code == 0, err
     assert "90 cells x 30 genes" in out
@@ -403,7 +403,7 @@ def test_interrupt_exits_130_and_leaves_nothing(workdir, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("sccr._anndata.SCCR._run", interrupted)
+    monkeypatch.setattr("sccr._engine.entry.Job.execute", interrupted)
     code, _, err = run_cli(capsys, "impute", workdir / "in.h5ad", workdir / "out.h5ad", *FAST)
     assert code == 130
     assert_one_line_error(err, "interrupted")

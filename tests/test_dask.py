@@ -13,10 +13,10 @@ from sklearn.base import clone
 
 import sccr
 from helpers import make_expression
-from sccr._dask import DaskExecutor
-from sccr._executor import executing
-from sccr._graph import knn_graph
-from sccr._propagation import propagate_block, propagate_chunks
+from sccr._engine.dask import DaskExecutor
+from sccr._engine.execution import Execution, executing
+from sccr._engine.graph import knn_graph
+from sccr._engine.propagation import propagate_block, propagate_chunks
 from sccr.cli import main
 
 distributed = pytest.importorskip("distributed")
@@ -33,7 +33,7 @@ def _restore_showwarning(monkeypatch):
 @pytest.fixture(autouse=True)
 def _small_blocks(monkeypatch):
     """32-row similarity blocks for 300 cells, so that the k-NN searches have several tasks."""
-    monkeypatch.setattr(sccr._graph, "SIMILARITY_BLOCK_ELEMENTS", 300 * 32)
+    monkeypatch.setattr(sccr._engine.graph, "SIMILARITY_BLOCK_ELEMENTS", 300 * 32)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_knn_ties_match_local(client):
     rng = np.random.default_rng(0)
     M = np.repeat(rng.random((40, 12), dtype=np.float32), 5, axis=0)[rng.permutation(200)]
     want = knn_graph(M, 7, sym=True)
-    with executing(DaskExecutor(client)):
+    with executing(Execution(remote=DaskExecutor(client))):
         got = knn_graph(M, 7, sym=True)
     assert (got != want).nnz == 0
 
@@ -118,7 +118,7 @@ def test_propagation_keeps_a_bounded_number_of_blocks_out(client):
         outstanding.remove(i)
         out[i] = block
 
-    with executing(executor):
+    with executing(Execution(remote=executor)):
         propagate_chunks(A, len(blocks), load, store, n_iter=5, hard=True)
     assert most <= executor.in_flight < len(blocks)
     assert sorted(out) == list(range(len(blocks)))

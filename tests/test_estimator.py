@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import sccr
-from sccr._pipeline import Params, run
+from helpers import run_options
+from sccr._options import DEFAULTS as OPTION_DEFAULTS
 
 FAST = dict(k=5, n_iter=10, n_jobs=1)
 DEFAULTS = dict(method="sccr", k=15, k_gene=2, n_iter=40, alpha=0.05, beta=0.99, gamma=0.01,
@@ -18,7 +22,7 @@ DEFAULTS = dict(method="sccr", k=15, k_gene=2, n_iter=40, alpha=0.05, beta=0.99,
 
 def test_defaults_match_algorithm():
     assert sccr.SCCR().get_params() == DEFAULTS
-    p = Params()
+    p = OPTION_DEFAULTS
     assert (p.k, p.k_gene, p.n_iter, p.alpha, p.beta, p.gamma, p.sym_final) == (15, 2, 40, 0.05, 0.99, 0.01, True)
 
 
@@ -52,7 +56,7 @@ def test_fit_transform_equals_fit_then_imputed(X):
 
 
 def test_equals_pipeline_run(X):
-    expected = run(X, Params(k=5, n_iter=10, n_jobs=1)).imputed
+    expected = run_options(X, k=5, n_iter=10, n_jobs=1).imputed
     np.testing.assert_array_equal(sccr.SCCR(**FAST).fit_transform(X), expected)
 
 
@@ -111,3 +115,40 @@ def test_progress_bar_does_not_change_result(X, capsys):
     a = sccr.SCCR(progress=True, **FAST).fit_transform(X)
     b = sccr.SCCR(progress=False, **FAST).fit_transform(X)
     np.testing.assert_array_equal(a, b)
+
+
+def test_every_stage_has_a_bar_that_stays(X, capsys):
+    sccr.SCCR(progress=True, **FAST).fit(X)
+    err = capsys.readouterr().err
+    stages = ["cell graph 1", "pre-imputation", "gene graph", "gene-wise propagation", "cell graph 2",
+              "refined propagation", "cell graph 3", "denoising"]
+    finished = [line for line in err.replace("\r", "\n").splitlines() if "100%" in line]
+    assert [next(s for s in stages if line.startswith(s)) for line in finished] == stages
+    sccr.SCCR(progress=False, **FAST).fit(X)
+    assert capsys.readouterr().err == ""
+
+
+_OWN_WORDS = (
+    "sccr refuses this input with its own message, which names the problem and the fix "
+    "(docs/errors.md; the refusal itself is tested in test_bad_inputs.py), not scikit-learn's wording"
+)
+#: The checks scikit-learn expects to fail, each with its reason.
+EXPECTED_FAILED_CHECKS = {
+    "check_positive_only_tag_during_fit": _OWN_WORDS,
+    "check_complex_data": _OWN_WORDS,
+    "check_estimators_empty_data_messages": _OWN_WORDS,
+    "check_fit2d_1sample": _OWN_WORDS + "; one cell has no neighbours (k + 1 cells are needed)",
+    "check_fit2d_1feature": _OWN_WORDS + "; cosine similarity between cells needs at least 2 genes",
+}
+
+
+@parametrize_with_checks(
+    [sccr.SCCR(k=3, k_gene=1, n_iter=3, n_jobs=1, progress=False)],
+    expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS,
+)
+def test_scikit_learn_compatible(estimator, check):
+    """scikit-learn's estimator checks (transductive: fit_transform only, no transform of new data)."""
+    with warnings.catch_warnings():
+        # The checks' random data is not expression data: all-zero genes and whole numbers are expected there.
+        warnings.simplefilter("ignore", sccr.InputWarning)
+        check(estimator)

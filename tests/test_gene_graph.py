@@ -12,10 +12,10 @@ import pytest
 import scipy.sparse as sp
 
 import naive
-from helpers import make_expression
-from sccr._graph import _cosine_blocks, _exact_cosine, _row_normalised, top_neighbours, knn_graph, signed_gene_graph
-from sccr._pipeline import Params, propagate_over_genes, standardisation
-from sccr._propagation import propagate
+from helpers import in_threads, make_expression
+from sccr._engine.graph import _cosine_blocks, _exact_cosine, _row_normalised, top_neighbours, knn_graph, signed_gene_graph
+from sccr._engine.pipeline import propagate_over_genes, standardisation
+from sccr._engine.propagation import propagate
 
 ZERO_GENE, CONST_GENE, UP_GENE, DOWN_GENE = 0, 5, 6, 7
 
@@ -105,7 +105,7 @@ def test_gene_propagation_equals_two_g_form(D, X_genes, k, n_iter):
     G = D.shape[1]
     mean, std = standardisation(D)
     S = signed_gene_graph(D, mean, std, k)
-    C = propagate_over_genes(S, D, X_genes, mean, std, Params(n_iter=n_iter, n_jobs=1))
+    C = propagate_over_genes(S, D, X_genes, mean, std, n_iter)
     expected, Ag = naive.gene_stage_2g(D, X_genes, k, n_iter, graph=knn_graph)
     assert C.shape == D.shape and C.dtype == np.float32
     np.testing.assert_allclose(C, expected, atol=1e-5)
@@ -119,7 +119,7 @@ def test_gene_propagation_equals_two_g_form(D, X_genes, k, n_iter):
 def test_gene_propagation_keeps_observed_values(D, X_genes):
     mean, std = standardisation(D)
     S = signed_gene_graph(D, mean, std, 2)
-    C = propagate_over_genes(S, D, X_genes, mean, std, Params(n_iter=10, n_jobs=1))
+    C = propagate_over_genes(S, D, X_genes, mean, std, 10)
     observed = X_genes != 0
     # kept positions keep their standardised value, so C == D there (up to round-off)
     np.testing.assert_allclose(C[observed], D[observed], rtol=1e-5, atol=1e-6)
@@ -130,8 +130,8 @@ def test_gene_propagation_keeps_observed_values(D, X_genes):
 def test_gene_propagation_sparse_and_threads(D, X_genes):
     mean, std = standardisation(D)
     S = signed_gene_graph(D, mean, std, 2)
-    one = propagate_over_genes(S, D, X_genes, mean, std, Params(n_iter=10, n_jobs=1))
-    two = propagate_over_genes(S, D, sp.csr_matrix(X_genes), mean, std, Params(n_iter=10, n_jobs=2))
+    one = propagate_over_genes(S, D, X_genes, mean, std, 10)
+    two = in_threads(2, propagate_over_genes, S, D, sp.csr_matrix(X_genes), mean, std, 10)
     np.testing.assert_array_equal(one, two)
 
 
@@ -169,7 +169,7 @@ def test_equivalence_on_real_data(bladder):
     from sccr._evaluation import drop_entries
 
     X, _, _ = drop_entries(bladder.X, 0.2, 0)
-    D0 = propagate(knn_graph(X, 15, sym=True), X, 40, hard=True, n_jobs=2)
+    D0 = in_threads(2, propagate, knn_graph(X, 15, sym=True), X, 40, hard=True)
     assert (np.ptp(D0, axis=0) == 0).any()
     G = D0.shape[1]
     mean, std = standardisation(D0)

@@ -1,4 +1,4 @@
-"""k-NN graphs (ALGORITHM.md building block 1): sccr._graph.knn_graph."""
+"""k-NN graphs (ALGORITHM.md building block 1): sccr._engine.graph.knn_graph."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import naive
-from sccr import _graph
-from sccr._graph import knn_graph
+from sccr._engine import graph as _graph
+from sccr._engine.graph import knn_graph
 
 S2 = 1 / np.sqrt(2)
 

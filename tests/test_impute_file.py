@@ -24,7 +24,7 @@ def test_equals_impute_and_leaves_the_input_alone(adata, tmp_path, memory_budget
     before = digest(source)
     options = dict(layer="log", key_added="imp", **FAST)
     if memory_budget is not None:  # a budget only an out-of-core run fits
-        from sccr._memory import estimate_peak_bytes
+        from sccr._engine.memory import estimate_peak_bytes
 
         n, g = adata.shape
         options["memory_budget"] = estimate_peak_bytes(n, g, None, method="sccr", k=5, k_gene=2, n_jobs=1,
@@ -87,7 +87,7 @@ def read(path):
 
 def streaming_budget(shape, *, method="sccr", knn="exact", k=5):
     """A memory budget that only a run with its input streamed to a scratch file fits."""
-    from sccr._memory import estimate_peak_bytes
+    from sccr._engine.memory import estimate_peak_bytes
 
     return estimate_peak_bytes(*shape, None, method=method, k=k, k_gene=2, n_jobs=1, out_of_core=True,
                                output_in_memory=False, exact=knn == "exact", input_on_disk=True)
@@ -107,7 +107,7 @@ def stored_as(adata, layout):
 @pytest.mark.parametrize("method,knn", [("sccr", "exact"), ("sccr", "approx"), ("scfp", "exact"), ("scbfp", "exact")])
 def test_streamed_input_gives_the_in_memory_result(adata, tmp_path, monkeypatch, layout, method, knn):
     """An input streamed block by block into a scratch file gives, bitwise, what the dense matrix gives in memory."""
-    monkeypatch.setattr("sccr._io.BLOCK_BYTES", 7 * 4 * adata.n_vars)  # blocks of 7 rows (or 64 columns)
+    monkeypatch.setattr("sccr._io.READ_BLOCK_BYTES", 7 * 4 * adata.n_vars)  # blocks of 7 rows (or 64 columns)
     source = write(stored_as(adata, layout), tmp_path / "in.h5ad")
     options = dict(FAST, method=method, knn=knn)
     model = sccr.impute_file(source, tmp_path / "out.h5ad", scratch_dir=str(tmp_path),
@@ -132,7 +132,7 @@ def streamed_failure(adata, tmp_path, monkeypatch, change):
     """The warnings and error of imputing ``change(matrix)`` from a file, streamed in blocks of 7 rows, and in memory."""
     import warnings
 
-    monkeypatch.setattr("sccr._io.BLOCK_BYTES", 7 * 4 * adata.n_vars)
+    monkeypatch.setattr("sccr._io.READ_BLOCK_BYTES", 7 * 4 * adata.n_vars)
     bad = adata.copy()
     bad.X = change(np.asarray(adata.layers["log"]).copy())
     source = write(bad, tmp_path / "in.h5ad")
@@ -230,7 +230,7 @@ def test_zarr_output_is_replaced_only_when_forced_and_only_when_complete(adata, 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("sccr._pipeline.signed_gene_graph", interrupted)
+    monkeypatch.setattr("sccr._engine.pipeline.signed_gene_neighbours", interrupted)
     with pytest.raises(KeyboardInterrupt):
         sccr.impute_file(source, target, layer="log", force=True, **FAST)
     assert tree_digest(target) == first  # the old output is kept whole

@@ -11,10 +11,12 @@ import scipy.sparse as sp
 
 import sccr
 from helpers import make_expression
-from sccr import _memory
-from sccr._ann import SLICE_BYTES, search_bytes
-from sccr._memory import SKIP_ENV, available_bytes, estimate_peak_bytes, parse_memory_size, plan, plan_out_of_core
-from sccr._validation import check_expression, check_params
+from sccr._engine import memory as _memory
+from sccr._engine.ann import SLICE_BYTES, search_bytes
+from sccr._engine.memory import SKIP_ENV, available_bytes, estimate_peak_bytes, plan
+from sccr._options import parse_memory_size
+from sccr._engine.checks import check_expression
+from sccr._options import Options
 from sccr.cli import main
 
 API = dict(k=5, n_iter=2, n_jobs=1)
@@ -31,14 +33,20 @@ def tiny_machine(monkeypatch):
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if the pipeline starts."""
-    monkeypatch.setattr("sccr._estimator.run", lambda *a, **k: pytest.fail("the run started"))
+    monkeypatch.setattr("sccr._engine.entry.run_stages", lambda *a, **k: pytest.fail("the run started"))
     monkeypatch.setattr("sccr._anndata.atomic_output", lambda *a, **k: pytest.fail("the output was started"))
 
 
 def params(**kw):
     options = dict(method="sccr", k=15, k_gene=2, n_iter=40, alpha=0.05, beta=0.99, gamma=0.01,
                    sym_final=True, knn="auto", n_jobs=2, progress=False)
-    return check_params(**{**options, **kw})
+    return Options(**{**options, **kw})
+
+
+def plan_out_of_core(X, options, memory_budget=None):
+    """Whether the plan for in-memory ``X`` puts the intermediate matrices in scratch files."""
+    nnz = X.nnz if sp.issparse(X) else None
+    return plan(X.shape, nnz, options.replace(memory_budget=memory_budget))[0]
 
 
 @pytest.mark.parametrize("method,copies", [("sccr", 3), ("scfp", 2), ("scbfp", 2)])
@@ -63,7 +71,7 @@ def test_refusal_names_estimate_available_and_fixes(tiny_machine):
         plan_out_of_core(X, params(k=5))
     message = str(err.value)
     assert message.startswith("imputing 60 cells x 30 genes with sccr needs about")
-    assert "GiB of memory even out of core (" in message and "GiB in memory) but 0.0 GiB is available" in message
+    assert "of memory even out of core (" in message and "in memory) but 1.0 MiB is available" in message
     for fix in FIXES:
         assert fix in message
 
@@ -71,7 +79,7 @@ def test_refusal_names_estimate_available_and_fixes(tiny_machine):
 def test_refusal_names_the_budget(monkeypatch):
     monkeypatch.delenv(SKIP_ENV, raising=False)
     X = check_expression(make_expression(seed=2), 5)
-    with pytest.raises(sccr.InputError, match="but the memory budget is 0.0 GiB"):
+    with pytest.raises(sccr.InputError, match="but the memory budget is 1.0 KiB"):
         plan_out_of_core(X, params(k=5), memory_budget="1K")
 
 
@@ -130,11 +138,11 @@ def test_an_input_in_a_file_goes_to_disk_last(monkeypatch, nnz, knn):
     steps = [(False, False), (True, False), (True, True)]
     assert need(*steps[0]) > need(*steps[1]) > need(*steps[2])
     for step in steps:
-        assert plan(shape, nnz, p, memory_budget=need(*step), input_bytes=held) == step
+        assert plan(shape, nnz, p.replace(memory_budget=need(*step)), input_bytes=held) == step
     with pytest.raises(sccr.InputError, match="even out of core"):
-        plan(shape, nnz, p, memory_budget=need(True, True) - 1, input_bytes=held)
+        plan(shape, nnz, p.replace(memory_budget=need(True, True) - 1), input_bytes=held)
     # An input already in memory stays there: its plan never streams it, and its size is not counted again.
-    assert plan(shape, nnz, p, memory_budget=need(True, False) - held) == (True, False)
+    assert plan(shape, nnz, p.replace(memory_budget=need(True, False) - held)) == (True, False)
 
 
 def test_input_on_disk_drops_the_sparse_copies():

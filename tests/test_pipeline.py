@@ -8,10 +8,11 @@ import scipy.sparse as sp
 
 import naive
 import sccr
-from helpers import make_expression
-from sccr._graph import knn_graph, signed_gene_graph
-from sccr._pipeline import Params, propagate_over_genes, run, standardisation
-from sccr._propagation import propagate
+from helpers import make_expression, run_options
+from sccr._engine.graph import knn_graph, signed_gene_graph
+from sccr._engine.pipeline import propagate_over_genes, standardisation
+from sccr._options import Options
+from sccr._engine.propagation import propagate
 
 FAST = dict(k=5, n_iter=10, n_jobs=1)
 
@@ -56,11 +57,11 @@ def test_scbfp_equals_dense_oracle(X):
     np.testing.assert_allclose(impute(X, method="scbfp"), naive.scbfp(X, k=5, n_iter=10), rtol=1e-5, atol=5e-6)
 
 
-def blend_and_final(X, p: Params):
+def blend_and_final(X, p: Options):
     """B and F of steps 4-5 from the package's own building blocks."""
     D0 = propagate(knn_graph(X, p.k, sym=True), X, p.n_iter, hard=True)
     mean, std = standardisation(D0)
-    C = propagate_over_genes(signed_gene_graph(D0, mean, std, p.k_gene), D0, X, mean, std, p)
+    C = propagate_over_genes(signed_gene_graph(D0, mean, std, p.k_gene), D0, X, mean, std, p.n_iter)
     D1 = propagate(knn_graph(C, p.k, sym=True), X, p.n_iter, hard=True)
     B = p.alpha * D0.astype(np.float64) + (1 - p.alpha) * D1
     F = propagate(knn_graph(B.astype(np.float32), p.k, sym=p.sym_final), X, p.n_iter, hard=False, beta=p.beta)
@@ -68,12 +69,12 @@ def blend_and_final(X, p: Params):
 
 
 def test_gamma_one_returns_the_blend(X):
-    B, _ = blend_and_final(X, Params(k=5, n_iter=10, n_jobs=1))
+    B, _ = blend_and_final(X, Options(k=5, n_iter=10, n_jobs=1))
     np.testing.assert_allclose(impute(X, gamma=1.0), B, rtol=1e-6, atol=1e-6)
 
 
 def test_output_is_gamma_mix_of_final_and_blend(X):
-    p = Params(k=5, n_iter=10, n_jobs=1, gamma=0.3)
+    p = Options(k=5, n_iter=10, n_jobs=1, gamma=0.3)
     B, F = blend_and_final(X, p)
     np.testing.assert_allclose(impute(X, gamma=0.3), 0.7 * F + 0.3 * B, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(impute(X, gamma=0.0), F, rtol=1e-5, atol=1e-6)
@@ -148,8 +149,8 @@ def test_dense_and_csr_identical(X, method):
 
 
 def test_chunk_size_does_not_change_result(X):
-    a = run(X, Params(k=5, n_iter=10, chunk=64))
-    b = run(X, Params(k=5, n_iter=10, chunk=3))
+    a = run_options(X, k=5, n_iter=10, chunk=64)
+    b = run_options(X, k=5, n_iter=10, chunk=3)
     np.testing.assert_array_equal(a.imputed, b.imputed)
 
 
@@ -162,7 +163,7 @@ def test_zero_iterations(X, method):
 
 
 def test_run_result(X):
-    result = run(X, Params(k=5, n_iter=10))
+    result = run_options(X, k=5, n_iter=10)
     assert result.cell_graph.shape == (60, 60)
     np.testing.assert_allclose(np.asarray(result.cell_graph.sum(axis=1)).ravel(), 1.0, rtol=1e-6)
     assert result.gene_graph.shape == (30, 30)
@@ -171,12 +172,12 @@ def test_run_result(X):
                        "hard_fp_2", "knn_cells_3", "soft_fp", "total"}
     assert set(result.timings) == expected_stages
     assert all(t >= 0 for t in result.timings.values())
-    assert run(X, Params(k=5, n_iter=10, method="scfp")).gene_graph is None
+    assert run_options(X, k=5, n_iter=10, method="scfp").gene_graph is None
 
 
 def test_final_graph_symmetry_follows_sym_final(X):
-    sym = run(X, Params(k=5, n_iter=10, sym_final=True)).cell_graph
-    nosym = run(X, Params(k=5, n_iter=10, sym_final=False)).cell_graph
+    sym = run_options(X, k=5, n_iter=10, sym_final=True).cell_graph
+    nosym = run_options(X, k=5, n_iter=10, sym_final=False).cell_graph
     assert ((sym != 0) != (sym.T != 0)).nnz == 0
     assert ((nosym != 0) != (nosym.T != 0)).nnz > 0
     assert np.diff(nosym.indptr).max() <= 6

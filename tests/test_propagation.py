@@ -1,4 +1,4 @@
-"""Feature propagation (ALGORITHM.md building block 2): sccr._propagation.propagate."""
+"""Feature propagation (ALGORITHM.md building block 2): sccr._engine.propagation.propagate."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import naive
-from sccr._graph import knn_graph
-from sccr._propagation import locality_order, propagate, propagate_block, reorder_graph
+from helpers import in_threads
+from sccr._engine.graph import knn_graph
+from sccr._engine.propagation import locality_order, propagate, propagate_block, reorder_graph
 
 
 @pytest.fixture
@@ -72,8 +73,8 @@ def test_chunked_equals_unchunked(A, X, chunk, hard):
 
 @pytest.mark.parametrize("hard", [True, False])
 def test_threads_equal_single_thread(A, X, hard):
-    one = propagate(A, X, 12, hard=hard, beta=0.9, chunk=4, n_jobs=1)
-    two = propagate(A, X, 12, hard=hard, beta=0.9, chunk=4, n_jobs=2)
+    one = in_threads(1, propagate, A, X, 12, hard=hard, beta=0.9, chunk=4)
+    two = in_threads(2, propagate, A, X, 12, hard=hard, beta=0.9, chunk=4)
     np.testing.assert_array_equal(one, two)
 
 
@@ -115,7 +116,7 @@ def test_output_is_float32_dense(A, X):
 def test_input_not_mutated(A, X):
     before = X.copy()
     propagate(A, X, 5, hard=True)
-    propagate(A, X, 5, hard=False, beta=0.5, n_jobs=2, chunk=3)
+    in_threads(2, propagate, A, X, 5, hard=False, beta=0.5, chunk=3)
     np.testing.assert_array_equal(X, before)
     Xs = sp.csr_matrix(X)
     data, indices = Xs.data.copy(), Xs.indices.copy()
@@ -196,7 +197,7 @@ def test_renumbered_propagation_is_bitwise_the_kernel_in_the_original_numbering(
     A, labels = shuffled_path(300, seed=2)
     rng = np.random.default_rng(0)
     X0 = (rng.random((300, 70)) * (rng.random((300, 70)) < 0.3)).astype(np.float32)
-    out = propagate(A, X0, 25, hard=hard, beta=0.9, n_jobs=2)
+    out = in_threads(2, propagate, A, X0, 25, hard=hard, beta=0.9)
     np.testing.assert_array_equal(out, propagate_block(A, X0, None, n_iter=25, hard=hard, beta=0.9))
 
 
@@ -224,9 +225,9 @@ def test_random_inputs_equal_naive(seed, n, g, n_iter, chunk, n_jobs, hard, beta
     rng = np.random.default_rng(seed)
     A = random_graph(rng, n, 0.3)
     X0 = (rng.random((n, g)) * (rng.random((n, g)) < 0.4)).astype(np.float32)
-    out = propagate(A, X0, n_iter, hard=hard, beta=beta, chunk=chunk, n_jobs=n_jobs)
+    out = in_threads(n_jobs, propagate, A, X0, n_iter, hard=hard, beta=beta, chunk=chunk)
     expected = naive.hard(A, X0, n_iter) if hard else naive.soft(A, X0, n_iter, np.float32(beta))
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
     if hard:
         np.testing.assert_array_equal(out[X0 != 0], X0[X0 != 0])
-    np.testing.assert_array_equal(out, propagate(A, X0, n_iter, hard=hard, beta=beta, chunk=g, n_jobs=1))
+    np.testing.assert_array_equal(out, in_threads(1, propagate, A, X0, n_iter, hard=hard, beta=beta, chunk=g))

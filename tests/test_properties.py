@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sccr
-from sccr._graph import knn_graph
-from sccr._propagation import propagate
+from sccr._engine.graph import knn_graph
+from sccr._engine.propagation import propagate
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

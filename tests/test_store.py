@@ -7,8 +7,10 @@ import pytest
 import scipy.sparse as sp
 
 from helpers import make_expression
-from sccr._pipeline import Params, run
-from sccr._store import PanelFile, SliceStore, Workspace
+from sccr._engine.execution import Execution, executing
+from sccr._engine.pipeline import run_stages
+from sccr._options import Options
+from sccr._engine.matrix import PanelFile, DenseMatrix, Workspace
 
 
 @pytest.fixture
@@ -25,7 +27,7 @@ def test_panel_file_round_trips_columns_and_rows(tmp_path, M, width):
     np.testing.assert_array_equal(f.rows(5, 11), M[5:11])
     np.testing.assert_array_equal(f.rows(30, 99), M[30:])  # past the end: the rows that exist
     np.testing.assert_array_equal(f.columns(0, width), M[:, :width])
-    np.testing.assert_array_equal(np.vstack([b for _, b in f.iter_row_blocks(10)]), M)
+    np.testing.assert_array_equal(np.vstack([b for _, b in f.row_blocks(10)]), M)
     g = PanelFile(tmp_path / "g.f32", M.shape, width)
     for start in range(0, M.shape[0], 8):  # written by rows, read by columns
         g.write_rows(start, M[start : start + 8])
@@ -42,7 +44,7 @@ def test_panel_file_refuses_unaligned_column_blocks(tmp_path, M):
 
 
 def test_slice_store_is_a_view_of_its_array(M):
-    store = SliceStore(M.copy())
+    store = DenseMatrix(M.copy())
     store.write_columns(3, np.zeros((37, 2), dtype=np.float32))
     assert store.to_array() is store.array and (store.array[:, 3:5] == 0).all()
     np.testing.assert_array_equal(store.rows(0, 2), store.array[:2])
@@ -74,7 +76,7 @@ def test_freeing_an_in_memory_matrix_releases_its_array():
         ws.free(a)
         assert a.array is None and alive() is None
         assert b.array is not None
-        foreign = SliceStore(np.zeros((4, 2), dtype=np.float32))
+        foreign = DenseMatrix(np.zeros((4, 2), dtype=np.float32))
         ws.free(foreign)  # not made here: left alone
         assert foreign.array is not None
 
@@ -85,13 +87,14 @@ def test_out_of_core_equals_in_memory(tmp_path, method, layout):
     """Same chunks, same arithmetic: the scratch files change where blocks live, not one bit of the result."""
     X = make_expression(seed=4)
     X = sp.csr_matrix(X) if layout == "sparse" else X
-    p = Params(method=method, k=5, n_iter=6, n_jobs=2, chunk=8)
-    plain = run(X, p)
-    with Workspace(out_of_core=True, scratch_dir=tmp_path) as ws:
-        out = ws.new("out", X.shape, p.chunk)
-        spilled = run(X, p, workspace=ws, out=out)
-        assert spilled.imputed is out
-        np.testing.assert_array_equal(out.to_array(), plain.imputed)
+    p = Options(method=method, k=5, n_iter=6, n_jobs=2)
+    with executing(Execution(n_jobs=2)):
+        plain = run_stages(X, p, chunk=8)
+        with Workspace(out_of_core=True, scratch_dir=tmp_path) as ws:
+            out = ws.new("out", X.shape, 8)
+            spilled = run_stages(X, p, workspace=ws, out=out, chunk=8)
+            assert spilled.imputed is out
+            np.testing.assert_array_equal(out.to_array(), plain.imputed)
     assert (spilled.cell_graph != plain.cell_graph).nnz == 0
     if method != "scfp":
         assert (spilled.gene_graph != plain.gene_graph).nnz == 0

@@ -1,4 +1,4 @@
-"""AnnData API in scanpy's conventions."""
+"""The AnnData face: :func:`impute` (in memory) and :func:`impute_file` (file to file), in scanpy's conventions."""
 
 from __future__ import annotations
 
@@ -9,39 +9,43 @@ from pathlib import Path
 
 import anndata as ad
 
+from ._adata import check_anndata, check_key_added, get_matrix, warn_duplicate_names
+from ._engine import DenseMatrix, Result, prepare
+from ._errors import InputError
 from ._estimator import SCCR
 from ._io import (
     atomic_output, check_output_path, copy_anndata, create_layer, open_for_update, open_matrix,
     output_format, read_anndata, write_anndata, write_element,
 )
+from ._options import DEFAULTS, OPTION_NAMES, Options, with_options_doc
 from ._preprocess import preprocess_paper
-from ._propagation import DEFAULT_CHUNK
-from ._store import SliceStore, Workspace
-from ._validation import InputError, check_key_added, get_matrix, warn_duplicate_names
 from ._versions import versions
 
+PREPROCESSING = ("none", "paper")
 
+
+@with_options_doc
 def impute(
     adata: ad.AnnData,
     *,
     layer: str | None = None,
     key_added: str = "sccr",
-    method: str = "sccr",
-    k: int = 15,
-    k_gene: int = 2,
-    n_iter: int = 40,
-    alpha: float = 0.05,
-    beta: float = 0.99,
-    gamma: float = 0.01,
-    sym_final: bool = True,
-    knn: str = "auto",
-    random_state: int | None = 0,
-    n_jobs: int | None = None,
-    progress: bool | None = None,
-    backend: str = "local",
-    client=None,
-    memory_budget: int | str | None = None,
-    scratch_dir: str | None = None,
+    method: str = DEFAULTS.method,
+    k: int = DEFAULTS.k,
+    k_gene: int = DEFAULTS.k_gene,
+    n_iter: int = DEFAULTS.n_iter,
+    alpha: float = DEFAULTS.alpha,
+    beta: float = DEFAULTS.beta,
+    gamma: float = DEFAULTS.gamma,
+    sym_final: bool = DEFAULTS.sym_final,
+    knn: str = DEFAULTS.knn,
+    random_state: int | None = DEFAULTS.random_state,
+    n_jobs: int | None = DEFAULTS.n_jobs,
+    progress: bool | None = DEFAULTS.progress,
+    backend: str = DEFAULTS.backend,
+    client=DEFAULTS.client,
+    memory_budget: int | str | None = DEFAULTS.memory_budget,
+    scratch_dir: str | None = DEFAULTS.scratch_dir,
     copy: bool = False,
 ) -> ad.AnnData | None:
     """Impute log-normalised expression with scCR (or its predecessors scFP, scBFP).
@@ -51,100 +55,76 @@ def impute(
     adata
         Cells x genes; log-normalised, non-negative expression in ``X`` or ``layer``
         (the output of :func:`sccr.pp.preprocess_paper`, or of scanpy's
-        ``normalize_total`` + ``log1p``). Zeros are treated as unobserved.
+        ``normalize_total`` + ``log1p``). Zeros are treated as unobserved. For a
+        numpy array or scipy sparse matrix use :class:`sccr.SCCR`.
     layer
         Layer to impute instead of ``X``.
     key_added
         Name of the outputs (entries of that name are replaced, as in scanpy):
-        ``layers[key_added]`` (imputed, dense float32),
-        ``uns[key_added]`` (parameters, versions, timings),
-        ``obsp[key_added + '_connectivities']`` (final cell graph) and, except for
-        scFP, ``varp[key_added + '_gene_graph']`` (gene-gene graph; for scCR signed:
-        associating > 0, dissociating < 0).
-    method
-        ``"sccr"``, ``"scfp"`` or ``"scbfp"``.
-    k
-        Neighbours per cell in the cell graphs.
-    k_gene
-        Neighbours per gene in the gene graph.
-    n_iter
-        Propagation iterations of every stage.
-    alpha
-        Weight of the pre-imputation in the blend of step 4.
-    beta
-        Propagation weight of the soft (denoising) stage.
-    gamma
-        Weight of the blend in the output (``1`` returns the blend itself, as in
-        the paper's dropout-recovery runs).
-    sym_final
-        Symmetrise the final cell graph.
-    knn
-        Neighbour search for the cell graphs: ``"exact"``, ``"approx"`` (candidates
-        from a projection, scored with the exact cosine; see docs/knn.md) or
-        ``"auto"`` (approximate from 20,000 cells on). Gene graphs are always exact.
-    random_state
-        Seed of the approximate search (exact runs are deterministic whatever its
-        value); with a given seed and ``n_jobs``, runs are reproducible.
-    n_jobs
-        Threads (``None`` or ``-1``: all available cores).
-    progress
-        Progress bar per stage (``None``: only on a terminal).
-    backend
-        ``"local"`` (threads of this process) or ``"dask"``: propagation chunks
-        and exact k-NN row blocks run on the workers of a dask.distributed
-        cluster, with results equal to the local backend's (see docs/dask.md).
-    client
-        The ``distributed.Client`` for ``backend="dask"``; ``None`` uses the
-        active client.
-    memory_budget
-        Memory the run may use, in bytes or as a size such as ``"8G"`` (``None``:
-        what is available now). When the run does not fit in it, its intermediate
-        N x G matrices go to scratch files (same result, bitwise); when it does
-        not fit even so, it is refused before it starts.
-    scratch_dir
-        Folder for those scratch files (``None``: the system's temporary folder);
-        they are deleted at the end, also after an error.
+        ``layers[key_added]`` (imputed, dense float32); the final cell graph as
+        ``obsp[key_added + '_connectivities']`` and ``obsp[key_added + '_distances']``
+        with ``uns[key_added]`` in the layout of ``sc.pp.neighbors`` (so that
+        ``sc.tl.umap(adata, neighbors_key=key_added)`` and ``sc.tl.leiden`` use it;
+        ``uns[key_added]['params']`` also records the options, versions and timings);
+        except for scFP, ``varp[key_added + '_gene_graph']`` (gene-gene propagation
+        weights; for scCR signed: associating > 0, dissociating < 0) and, for scCR,
+        ``varp[key_added + '_gene_correlations']`` (the Pearson correlation behind
+        each chosen gene edge; see :func:`sccr.get.gene_partners`).
+    {options}
     copy
-        Return a new AnnData and leave ``adata`` untouched. With ``copy=False`` a
-        view becomes an actual AnnData (anndata's ``ImplicitModificationWarning``),
-        as in scanpy; its parent is not modified.
+        Return a new AnnData and leave ``adata`` untouched; required for a view
+        (``adata[:, genes]``), whose parent sccr cannot write into.
 
     Returns
     -------
     AnnData or None
         The new object if ``copy``, else ``None`` (``adata`` is updated in place).
     """
+    arguments = locals()
+    check_anndata(adata, "sccr.impute")
     check_key_added(key_added, layer)
+    if adata.is_view and not copy:
+        raise InputError(
+            "adata is a view (e.g. adata[:, genes]) and what sccr writes into it would not reach its parent; "
+            "impute a copy (sub = adata[:, genes].copy(); sccr.impute(sub)) or pass copy=True to get a new AnnData"
+        )
     X = get_matrix(adata, layer)
     warn_duplicate_names(adata.obs_names, adata.var_names)
-    model = SCCR(
-        method=method, k=k, k_gene=k_gene, n_iter=n_iter, alpha=alpha, beta=beta, gamma=gamma,
-        sym_final=sym_final, knn=knn, random_state=random_state, n_jobs=n_jobs, progress=progress,
-        backend=backend, client=client, memory_budget=memory_budget, scratch_dir=scratch_dir,
-    ).fit(X)
+    options = Options(**{name: arguments[name] for name in OPTION_NAMES})
+    with prepare(X, options) as job:
+        result = job.execute()
     adata = adata.copy() if copy else adata
-    adata.layers[key_added] = model.imputed_
-    for where, key, value in _outputs(model, key_added, layer):
+    adata.layers[key_added] = result.imputed
+    for where, key, value in _outputs(result, options, key_added, layer):
         getattr(adata, where)[key] = value
     return adata if copy else None
 
 
-def _outputs(model: SCCR, key_added: str, layer: str | None) -> list[tuple[str, str, object]]:
-    """``(where, key, value)`` of what a fitted ``model`` adds to an AnnData besides the layer."""
-    params = model.get_params()
-    del params["client"]  # recorded as the scheduler's address
-    record = {
-        "params": {
-            "layer": layer, **params, "n_jobs": model.n_jobs_, "knn_used": model.knn_used_,
-            "scheduler": model.scheduler_, "out_of_core": model.out_of_core_,
-            "input_on_disk": model.input_on_disk_,
-        },
-        "versions": versions(),
-        "timings": model.timings_,
+def _outputs(result: Result, options: Options, key_added: str, layer: str | None) -> list[tuple[str, str, object]]:
+    """``(where, key, value)`` of what a run adds to an AnnData besides the imputed layer."""
+    decisions = result.decisions
+    params = {
+        # What scanpy's neighbors readers look for (sc.tl.umap, sc.tl.leiden with neighbors_key=key_added).
+        "n_neighbors": options.k + 1, "method": "sccr", "metric": "cosine",
+        "layer": layer, **options.record(), "n_jobs": decisions.n_jobs, "knn_used": decisions.knn_used,
+        "scheduler": decisions.scheduler, "out_of_core": decisions.out_of_core, "input_on_disk": decisions.input_on_disk,
     }
-    outputs = [("obsp", f"{key_added}_connectivities", model.cell_graph_), ("uns", key_added, record)]
-    if model.gene_graph_ is not None:
-        outputs.append(("varp", f"{key_added}_gene_graph", model.gene_graph_))
+    record = {
+        "connectivities_key": f"{key_added}_connectivities",
+        "distances_key": f"{key_added}_distances",
+        "params": params,
+        "versions": versions(),
+        "timings": result.timings,
+    }
+    outputs = [
+        ("obsp", record["connectivities_key"], result.cell_graph),
+        ("obsp", record["distances_key"], result.cell_distances),
+        ("uns", key_added, record),
+    ]
+    if result.gene_graph is not None:
+        outputs.append(("varp", f"{key_added}_gene_graph", result.gene_graph))
+    if result.gene_correlations is not None:
+        outputs.append(("varp", f"{key_added}_gene_correlations", result.gene_correlations))
     return outputs
 
 
@@ -176,7 +156,7 @@ def impute_file(
     ----------
     input, output
         Paths of .h5ad files or .zarr stores (the output's format follows its
-        suffix: ``.zarr`` or else .h5ad; across formats the input is copied
+        suffix, ``.h5ad`` or ``.zarr``; across formats the input is copied
         element by element, its matrices in blocks); ``output`` must not exist
         unless ``force``.
     layer, key_added
@@ -201,23 +181,22 @@ def impute_file(
     output = check_output_path(output, inputs=(input,), force=force)
     kind = output_format(output)
     check_key_added(key_added, layer)
-    model = SCCR(**options)
+    if preprocess not in PREPROCESSING:
+        raise InputError(f"preprocess must be 'paper' or 'none', got {preprocess!r}")
+    opts = Options.from_kwargs(**options)  # every option checked before anything is read
     with ExitStack() as stack:
-        workspace = stack.enter_context(Workspace(scratch_dir=model.scratch_dir))
         adata = None
         if preprocess == "paper":
             adata = preprocess_paper(read_anndata(input), n_top_genes=n_top_genes, layer=layer)
-            layer, X, obs_names, var_names = None, adata.X, adata.obs_names, adata.var_names
+            layer, source, obs_names, var_names = None, adata.X, adata.obs_names, adata.var_names
             echo(f"preprocessed (paper): {adata.n_obs} cells x {adata.n_vars} genes")
-        elif preprocess == "none":
-            X, obs_names, var_names = stack.enter_context(open_matrix(input, layer))
         else:
-            raise InputError(f"preprocess must be 'paper' or 'none', got {preprocess!r}")
+            source, obs_names, var_names = stack.enter_context(open_matrix(input, layer))
         warn_duplicate_names(obs_names, var_names)
-        prepared = model._prepare(X, output_in_memory=False, workspace=workspace)
-        del X
-        if prepared.input_on_disk:
-            echo(f"streamed the input matrix into a scratch file ({prepared.X.shape[0]} cells x {prepared.X.shape[1]} genes)")
+        job = stack.enter_context(prepare(source, opts, output_in_memory=False))
+        del source
+        if job.decisions.input_on_disk:
+            echo(f"streamed the input matrix into a scratch file ({job.shape[0]} cells x {job.shape[1]} genes)")
         with atomic_output(output) as tmp:
             if adata is None:
                 copy_anndata(Path(input), tmp, kind)
@@ -225,9 +204,10 @@ def impute_file(
                 write_anndata(adata, tmp, kind)
                 del adata
             with open_for_update(tmp, kind) as f:
-                layer_out = create_layer(f, key_added, prepared.X.shape, DEFAULT_CHUNK)
-                model._run(prepared, out=SliceStore(layer_out), workspace=workspace)
-                for where, key, value in _outputs(model, key_added, layer):
+                result = job.execute(out=DenseMatrix(create_layer(f, key_added, job.shape)))
+                for where, key, value in _outputs(result, opts, key_added, layer):
                     write_element(f, where, key, value)
+        model = SCCR(**options)
+        model._set_fitted(result, job.X)
     del model.imputed_  # the layer of a file that is now closed
     return model

@@ -1,55 +1,24 @@
-"""Array API in the scikit-learn estimator contract."""
+"""The array face: :class:`SCCR`, a scikit-learn transformer over the engine."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
-import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 
-from ._dask import DaskExecutor, resolve_executor
-from ._executor import executing
-from ._graph import resolve_knn
-from ._memory import plan, plan_out_of_core
-from ._pipeline import Params, run
-from ._store import SliceStore, Workspace
-from ._validation import ValueSummary, canonical, check_expression, check_params, check_scratch_dir
+from ._engine import Result, prepare
+from ._options import DEFAULTS, Options, with_options_doc
 
 
-class _Prepared(NamedTuple):
-    X: np.ndarray | sp.csr_matrix | SliceStore
-    params: Params
-    out_of_core: bool
-    input_on_disk: bool
-    executor: DaskExecutor | None
-
-
-def _stream_into(stored, store: SliceStore, k: int, k_gene: int | None) -> SliceStore:
-    """Copy a stored matrix (``sccr._io.StoredMatrix``) into ``store`` block by block, checking it on the way.
-
-    The checks and their messages are those of :func:`~sccr._validation.check_expression`.
-    """
-    summary = ValueSummary(stored.shape)
-    for row, col, block in stored.blocks(width=store.width):
-        block = canonical(block) if sp.issparse(block) else block
-        summary.add(block, row, col)
-        if summary.n_nonfinite or summary.minimum < 0:
-            continue  # refused below; read on only to count the bad values
-        dense = block.toarray() if sp.issparse(block) else block
-        if stored.format == "csc":
-            store.write_columns(col, dense)
-        else:
-            store.write_rows(row, dense)
-    summary.check_expression(stored.shape, k, k_gene)
-    return store
-
-
+@with_options_doc
 class SCCR(TransformerMixin, BaseEstimator):
-    """scCR imputation of a cells x genes matrix (numpy array or scipy sparse).
+    """scCR imputation of a cells x genes matrix (numpy array or scipy sparse), log-normalised and non-negative.
 
-    The options are those of :func:`sccr.impute`. Imputation is transductive:
-    :meth:`fit_transform` returns the imputed matrix of the data it was fitted on.
+    Imputation is transductive: :meth:`fit_transform` returns the imputed matrix
+    of the data it was fitted on (there is no ``transform`` of new data).
+
+    Parameters
+    ----------
+    {options}
 
     Attributes
     ----------
@@ -60,6 +29,8 @@ class SCCR(TransformerMixin, BaseEstimator):
     gene_graph_ : scipy.sparse.csr_matrix or None
         The learned gene-gene graph, genes x genes: signed for ``method="sccr"``
         (associating > 0, dissociating < 0), ``None`` for ``"scfp"``.
+    gene_correlations_ : scipy.sparse.csr_matrix or None
+        scCR: the Pearson correlation (over the pre-imputation) of each gene's chosen partners.
     timings_ : dict
         Seconds spent in each stage.
     n_jobs_ : int
@@ -80,22 +51,22 @@ class SCCR(TransformerMixin, BaseEstimator):
     def __init__(
         self,
         *,
-        method: str = "sccr",
-        k: int = 15,
-        k_gene: int = 2,
-        n_iter: int = 40,
-        alpha: float = 0.05,
-        beta: float = 0.99,
-        gamma: float = 0.01,
-        sym_final: bool = True,
-        knn: str = "auto",
-        random_state: int | None = 0,
-        n_jobs: int | None = None,
-        progress: bool | None = None,
-        backend: str = "local",
-        client=None,
-        memory_budget: int | str | None = None,
-        scratch_dir: str | None = None,
+        method: str = DEFAULTS.method,
+        k: int = DEFAULTS.k,
+        k_gene: int = DEFAULTS.k_gene,
+        n_iter: int = DEFAULTS.n_iter,
+        alpha: float = DEFAULTS.alpha,
+        beta: float = DEFAULTS.beta,
+        gamma: float = DEFAULTS.gamma,
+        sym_final: bool = DEFAULTS.sym_final,
+        knn: str = DEFAULTS.knn,
+        random_state: int | None = DEFAULTS.random_state,
+        n_jobs: int | None = DEFAULTS.n_jobs,
+        progress: bool | None = DEFAULTS.progress,
+        backend: str = DEFAULTS.backend,
+        client=DEFAULTS.client,
+        memory_budget: int | str | None = DEFAULTS.memory_budget,
+        scratch_dir: str | None = DEFAULTS.scratch_dir,
     ) -> None:
         self.method = method
         self.k = k
@@ -120,6 +91,20 @@ class SCCR(TransformerMixin, BaseEstimator):
         client = params.pop("client")
         return type(self)(**{name: clone(value, safe=False) for name, value in params.items()}, client=client)
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = True
+        tags.input_tags.sparse = True
+        tags.input_tags.allow_nan = False
+        tags.input_tags.positive_only = True
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        tags.non_deterministic = False
+        return tags
+
+    def options(self) -> Options:
+        """The validated :class:`~sccr._options.Options` of the current parameters."""
+        return Options(**self.get_params(deep=False))
+
     def fit(self, X, y=None) -> SCCR:
         """Impute ``X`` (cells x genes, log-normalised, non-negative).
 
@@ -128,59 +113,24 @@ class SCCR(TransformerMixin, BaseEstimator):
         (:class:`~sccr.InputError`) before it starts (``SCCR_SKIP_MEMORY_CHECK=1``
         skips that check).
         """
-        return self._run(self._prepare(X))
+        with prepare(X, self.options()) as job:
+            self._set_fitted(job.execute(), job.X)
+        return self
 
-    def _prepare(self, X, *, output_in_memory: bool = True, workspace: Workspace | None = None) -> _Prepared:
-        """Validate the options and ``X`` and plan the memory, before any work.
-
-        ``X`` may also be a matrix still in a file (``sccr._io.StoredMatrix``, with
-        ``workspace``): it is read into memory, or streamed into a scratch file of
-        ``workspace`` and checked block by block when only that fits.
-        """
-        params = check_params(
-            method=self.method, k=self.k, k_gene=self.k_gene, n_iter=self.n_iter,
-            alpha=self.alpha, beta=self.beta, gamma=self.gamma, sym_final=self.sym_final,
-            knn=self.knn, n_jobs=self.n_jobs, progress=self.progress, random_state=self.random_state,
-        )
-        check_scratch_dir(self.scratch_dir)
-        k_gene = None if params.method == "scfp" else params.k_gene
-        if hasattr(X, "blocks") and hasattr(X, "in_memory_bytes"):  # still in its file
-            out_of_core, input_on_disk = plan(
-                X.shape, X.nnz, params, memory_budget=self.memory_budget,
-                output_in_memory=output_in_memory, input_bytes=X.in_memory_bytes(),
-            )
-            if input_on_disk:
-                workspace.out_of_core = True
-                X = _stream_into(X, workspace.new("X", X.shape, params.chunk), params.k, k_gene)
-            else:
-                X = check_expression(X.read(), params.k, k_gene=k_gene)
-        else:
-            X = check_expression(X, params.k, k_gene=k_gene)
-            out_of_core = plan_out_of_core(X, params, memory_budget=self.memory_budget, output_in_memory=output_in_memory)
-            input_on_disk = False
-        return _Prepared(X, params, out_of_core, input_on_disk, resolve_executor(self.backend, self.client))
-
-    def _run(self, prepared: _Prepared, out: SliceStore | None = None, workspace: Workspace | None = None) -> SCCR:
-        """Impute a prepared input, writing into ``out`` (e.g. a dataset of the output file) if given.
-
-        ``workspace``: the one the input was prepared in (default: a new one, closed at the end).
-        """
-        X, params, executor = prepared.X, prepared.params, prepared.executor
-        ws = Workspace(scratch_dir=self.scratch_dir) if workspace is None else workspace
-        ws.out_of_core = prepared.out_of_core
-        with executing(executor), ws:
-            result = run(X, params, workspace=ws, out=out)
+    def _set_fitted(self, result: Result, X) -> None:
+        """The fitted attributes from an engine result (``X``: the checked input)."""
         self.imputed_ = result.imputed
         self.cell_graph_ = result.cell_graph
         self.gene_graph_ = result.gene_graph
+        self.gene_correlations_ = result.gene_correlations
         self.timings_ = result.timings
-        self.n_jobs_ = params.n_jobs
-        self.knn_used_ = resolve_knn(params.knn, X.shape[0])
-        self.out_of_core_ = prepared.out_of_core
-        self.input_on_disk_ = prepared.input_on_disk
-        self.scheduler_ = None if executor is None else executor.address
+        decisions = result.decisions
+        self.n_jobs_ = decisions.n_jobs
+        self.knn_used_ = decisions.knn_used
+        self.out_of_core_ = decisions.out_of_core
+        self.input_on_disk_ = decisions.input_on_disk
+        self.scheduler_ = decisions.scheduler
         self.n_features_in_ = int(X.shape[1])
-        return self
 
     def fit_transform(self, X, y=None) -> np.ndarray:
         """Impute ``X`` and return the imputed matrix (float32 ndarray)."""

@@ -18,10 +18,8 @@ import scipy.sparse as sp
 import zarr
 from anndata.io import read_elem, sparse_dataset, write_elem
 
-from ._validation import InputError, check_dtype, check_shape
-
-#: Bytes of a block when a stored matrix is read or copied piece by piece.
-BLOCK_BYTES = 64 << 20
+from ._engine import PANEL_WIDTH, READ_BLOCK_BYTES, ROW_BLOCK, StoredInput, check_dtype, check_shape
+from ._errors import InputError
 
 
 def is_zarr(path: Path) -> bool:
@@ -89,10 +87,10 @@ def _index(group) -> pd.Index:
 
 
 def _rows_per_block(row_bytes: int) -> int:
-    return max(1, BLOCK_BYTES // max(row_bytes, 1))
+    return max(1, READ_BLOCK_BYTES // max(row_bytes, 1))
 
 
-class StoredMatrix:
+class StoredMatrix(StoredInput):
     """``X`` or a layer of an open .h5ad file or .zarr store, read whole or block by block.
 
     Dense and CSR matrices are read in blocks of rows, CSC matrices in blocks of
@@ -117,11 +115,6 @@ class StoredMatrix:
         check_dtype(np.dtype(dtype))
         check_shape(self.shape, "expression matrix")
 
-    def in_memory_bytes(self) -> int:
-        """Bytes of the float32 matrix once read (CSR: values, indices and row pointers)."""
-        n, g = self.shape
-        return 4 * n * g if self.nnz is None else 8 * self.nnz + 8 * (n + 1)
-
     def read(self) -> np.ndarray | sp.spmatrix:
         """The whole matrix (a dense one is filled block by block into one float32 array)."""
         if self._sparse is not None:
@@ -132,7 +125,7 @@ class StoredMatrix:
             out[row : row + block.shape[0]] = block
         return out
 
-    def blocks(self, width: int = 64) -> Iterator[tuple[int, int, np.ndarray | sp.spmatrix]]:
+    def blocks(self, width: int = PANEL_WIDTH) -> Iterator[tuple[int, int, np.ndarray | sp.spmatrix]]:
         """``(row, column, block)`` of float32 blocks covering the matrix in order (sparse blocks stay sparse)."""
         n, g = self.shape
         if self.format == "csc":
@@ -198,6 +191,11 @@ def check_output_path(output: str | os.PathLike, *, inputs: tuple[str | os.PathL
         raise InputError(f"output {str(output)!r} is a folder; pass a file path such as {str(output / 'imputed.h5ad')!r} (or a .zarr store)")
     if zarr_output and output.exists() and not output.is_dir():
         raise InputError(f"output {str(output)!r} is a file, not a zarr store; choose another output path")
+    if output.suffix not in (".h5ad", ".zarr"):
+        raise InputError(
+            f"output {str(output)!r} must end in .h5ad (an AnnData file) or .zarr (a zarr store); "
+            f"sccr writes only these formats, e.g. {str(output.with_suffix('.h5ad'))!r}"
+        )
     if output.exists() and not force:
         raise InputError(f"output {str(output)!r} already exists; choose another path or pass --force to replace it")
     folder = output.resolve().parent
@@ -350,19 +348,15 @@ def _group(parent, name: str):
     return parent[name]
 
 
-#: Rows per chunk of the imputed layer in the output file (chunks are 64 genes wide).
-LAYER_CHUNK_ROWS = 4096
-
-
-def create_layer(f, key: str, shape: tuple[int, int], width: int):
+def create_layer(f, key: str, shape: tuple[int, int]):
     """An empty dense float32 layer ``layers[key]`` in an open .h5ad file or zarr store, replacing one of that name.
 
-    Its chunks are ``width`` genes wide, so the pipeline writes it panel by panel.
+    Its chunks are ``ROW_BLOCK`` cells by ``PANEL_WIDTH`` genes, so the pipeline writes it panel by panel.
     """
     layers = _group(f, "layers")
     if key in layers:
         del layers[key]
-    dataset = _new_array(layers, key, shape, "float32", (LAYER_CHUNK_ROWS, width))
+    dataset = _new_array(layers, key, shape, "float32", (ROW_BLOCK, PANEL_WIDTH))
     dataset.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
     return dataset
 

@@ -8,6 +8,12 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
+from ._adata import get_matrix
+from ._engine import check_counts
+from ._errors import InputError
+from ._options import _check_int
+
+
 def count_variance(X: sp.spmatrix | np.ndarray) -> np.ndarray:
     """Per-gene variance (ddof=0) of a count matrix, accurate (float64) and sparse-aware.
 
@@ -59,11 +65,18 @@ def preprocess_paper(
         A new object: log-normalised float32 CSR in ``X``, the selected raw counts
         in ``layers['counts']``, the steps recorded in ``uns['sccr_preprocess']``.
     """
-    from ._validation import InputError, _check_int, check_counts, get_matrix
-
     if genes is None:
         _check_int("n_top_genes", n_top_genes, 1)
     counts = check_counts(get_matrix(adata, layer))
+    fractional = counts.data[counts.data != np.round(counts.data)]
+    if fractional.size:
+        where = "X" if layer is None else f"layers[{layer!r}]"
+        raise InputError(
+            f"the paper's preprocessing expects raw counts, but {where} holds {fractional.size} non-integer values "
+            f"(e.g. {float(fractional[0]):.3g}, max {float(counts.data.max()):.3g}): it looks normalised or log-transformed "
+            "already; pass the raw counts (layer=..., e.g. 'counts') or impute it as it is without this preprocessing "
+            "(command line: --preprocess none)"
+        )
     n_cells0, n_genes0 = counts.shape
     cell_ok = _totals(counts) >= 1
     gene_ok = np.asarray(counts[cell_ok].sum(axis=0)).ravel() >= 1

@@ -5,6 +5,11 @@ from __future__ import annotations
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
+try:
+    __version__ = version("sccr")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
 _PACKAGES = ("sccr", "numpy", "scipy", "numba", "anndata", "scikit-learn")
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 import warnings
 
-from . import __version__
+from ._versions import __version__
 
 EXIT_OK, EXIT_FAULT, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -31,34 +31,43 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"sccr: error: {message} (see '{self.prog} --help')\n")
 
 
+def _add_options(p: argparse.ArgumentParser) -> None:
+    """The imputation options as flags, derived from :class:`sccr._options.Options` (defaults, choices, help)."""
+    from ._options import cli_fields, cli_flag
+
+    for f in cli_fields():
+        help_text = _plain_doc(f.metadata["doc"])
+        if f.metadata["cli"] is bool:  # a switch that turns a default-on option off
+            p.add_argument(cli_flag(f), dest=f.name, action="store_false", default=f.default, help=help_text)
+            continue
+        default = "all cores" if f.name == "n_jobs" else ("none" if f.default is None else f.default)
+        p.add_argument(
+            cli_flag(f), dest=f.name, type=f.metadata["cli"], default=f.default, choices=f.metadata["choices"],
+            metavar=None if f.metadata["choices"] else f.name.upper().replace("_", "-"),
+            help=f"{help_text} (default: {default})",
+        )
+
+
+def _plain_doc(doc: str) -> str:
+    """An option's docstring text for ``--help``: without reStructuredText markup, % escaped for argparse."""
+    return doc.replace("``", "").replace(":func:", "").replace("%", "%%")
+
+
 def _add_impute(sub) -> None:
     p = sub.add_parser(
         "impute", help="impute an .h5ad file or .zarr store",
         description="Impute INPUT (.h5ad or .zarr) with scCR and write OUTPUT (atomically; INPUT is never modified). "
-        "OUTPUT is a zarr store when its name ends in .zarr, else an .h5ad file. The imputed layer is written "
-        "block by block; the input matrix is streamed into a scratch file when the run fits in memory only so.",
+        "OUTPUT is a zarr store when its name ends in .zarr, an .h5ad file when it ends in .h5ad. The imputed layer "
+        "is written block by block; the input matrix is streamed into a scratch file when the run fits in memory only so.",
     )
     p.add_argument("input", metavar="INPUT", help="an .h5ad file or a .zarr store")
     p.add_argument("output", metavar="OUTPUT", help="an .h5ad file, or a .zarr store")
     p.add_argument("--layer", default=None, help="layer to impute instead of X")
     p.add_argument("--key-added", default="sccr", help="name of the output layer, uns, obsp and varp entries (default: sccr)")
-    p.add_argument("--method", default="sccr", choices=["sccr", "scfp", "scbfp"], help="imputation method (default: sccr)")
-    p.add_argument("--k", type=int, default=15, help="neighbours per cell (default: 15)")
-    p.add_argument("--k-gene", type=int, default=2, help="neighbours per gene (default: 2)")
-    p.add_argument("--n-iter", type=int, default=40, help="propagation iterations (default: 40)")
-    p.add_argument("--alpha", type=float, default=0.05, help="pre-imputation weight in the blend (default: 0.05)")
-    p.add_argument("--beta", type=float, default=0.99, help="soft propagation weight (default: 0.99)")
-    p.add_argument("--gamma", type=float, default=0.01, help="blend weight in the output (default: 0.01)")
-    p.add_argument("--no-sym-final", action="store_true", help="do not symmetrise the final cell graph")
-    p.add_argument("--knn", default="auto", choices=["auto", "exact", "approx"], help="neighbour search: exact, approximate, or auto (approximate on large inputs; default)")
     p.add_argument("--preprocess", default="none", choices=["paper", "none"], help="'paper': INPUT holds raw counts, apply the paper's preprocessing first; 'none' (default): INPUT is log-normalised")
     p.add_argument("--n-top-genes", type=int, default=2000, help="genes kept by --preprocess paper (default: 2000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--n-jobs", type=int, default=None, help="threads (default: all cores)")
-    p.add_argument("--backend", default="local", choices=["local", "dask"], help="'dask': propagation and k-NN run on a dask.distributed cluster (default: local)")
+    _add_options(p)
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="dask scheduler for --backend dask, e.g. tcp://host:8786 (default: start a local cluster of --n-jobs single-threaded worker processes)")
-    p.add_argument("--memory-budget", default=None, metavar="SIZE", help="memory the run may use, e.g. 8G (default: what is available); intermediate matrices go to scratch files when needed")
-    p.add_argument("--scratch-dir", default=None, metavar="DIR", help="folder for those scratch files (default: the system's temporary folder)")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
 
@@ -91,7 +100,7 @@ def _add_benchmark(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="sccr", description="scCR imputation of single-cell RNA-seq data (h5ad in, h5ad out).")
+    parser = _Parser(prog="sccr", description="scCR imputation of single-cell RNA-seq data (.h5ad or .zarr in, .h5ad or .zarr out).")
     parser.add_argument("--version", action="version", version=f"sccr {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -105,13 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _impute(args) -> None:
     """``sccr impute``, on the dask cluster of ``--backend dask --scheduler`` when asked."""
-    from ._validation import InputError
+    from ._errors import InputError
 
     if args.backend == "local":
         if args.scheduler is not None:
             raise InputError("--scheduler is only used with --backend dask; add --backend dask")
         return _impute_on(args, None)
-    from ._dask import connect
+    from ._engine import connect
 
     with connect(args.scheduler, n_workers=args.n_jobs) as client:
         _impute_on(args, client)
@@ -119,16 +128,15 @@ def _impute(args) -> None:
 
 def _impute_on(args, client) -> None:
     from ._anndata import impute_file
+    from ._options import cli_fields
 
     echo = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     start = time.perf_counter()
+    options = {f.name: getattr(args, f.name) for f in cli_fields()}
     model = impute_file(
         args.input, args.output, layer=args.layer, key_added=args.key_added, preprocess=args.preprocess,
         n_top_genes=args.n_top_genes, force=args.force, echo=echo,
-        method=args.method, k=args.k, k_gene=args.k_gene, n_iter=args.n_iter, alpha=args.alpha,
-        beta=args.beta, gamma=args.gamma, sym_final=not args.no_sym_final, knn=args.knn,
-        random_state=args.seed, n_jobs=args.n_jobs, progress=False if args.quiet else None,
-        backend=args.backend, client=client, memory_budget=args.memory_budget, scratch_dir=args.scratch_dir,
+        **options, progress=False if args.quiet else None, client=client,
     )
     n, g = model.cell_graph_.shape[0], model.n_features_in_
     where = "in memory" if not model.out_of_core_ else ("out of core, input streamed" if model.input_on_disk_ else "out of core")
@@ -137,8 +145,8 @@ def _impute_on(args, client) -> None:
 
 
 def _demo(args) -> None:
-    from ._demo import run_demo
-    from ._validation import InputError
+    from ._benchmark.demo import run_demo
+    from ._errors import InputError
 
     try:
         seeds = tuple(int(s) for s in args.seeds.split(","))
@@ -152,7 +160,7 @@ def _one_line(message: object) -> str:
 
 
 def _split(flag: str, text: str, kind):
-    from ._validation import InputError
+    from ._errors import InputError
 
     try:
         return [kind(x) for x in text.split(",") if x.strip()]
@@ -163,7 +171,7 @@ def _split(flag: str, text: str, kind):
 def _benchmark(args) -> None:
     from pathlib import Path
 
-    from ._benchmark import benchmark
+    from ._benchmark.runner import benchmark
 
     results = Path(args.out) / "results.jsonl"
     echo = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
@@ -179,7 +187,7 @@ def _benchmark(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ._validation import InputError
+    from ._errors import InputError
 
     def warn_line(message, category, filename, lineno, file=None, line=None):
         print(f"sccr: warning: {message}", file=sys.stderr)

@@ -22,12 +22,8 @@ import scipy.sparse as sp
 from numba import njit
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
-from ._executor import current_executor
-from ._progress import stage_bar
-from ._store import SliceStore
-
-#: Feature columns per chunk: 64 float32 columns keep a 4k-node block in L2 cache.
-DEFAULT_CHUNK = 64
+from .execution import current
+from .matrix import PANEL_WIDTH, DenseMatrix, Matrix, as_matrix
 
 
 @njit(nogil=True, cache=True, fastmath=False)
@@ -107,17 +103,16 @@ def propagate_chunks(
     n_iter: int,
     hard: bool,
     beta: float = 1.0,
-    n_jobs: int = 1,
     desc: str = "propagate",
-    progress: bool = False,
 ) -> None:
     """Propagate ``n_chunks`` feature blocks on graph ``A`` in parallel threads.
 
     ``load(i)`` returns the block's starting values (``nodes x c``, float32) and,
     for hard propagation, a boolean mask of the entries kept fixed (``None``
     means the non-zeros of the starting values). ``store(i, result)`` receives
-    the propagated block. Inside :func:`sccr._executor.executing`, the chunks run on
-    that executor's workers instead of local threads. The kernel runs on the
+    the propagated block. The chunks run on the threads of the current
+    :class:`~sccr._engine.execution.Execution` (its remote executor's workers, if any),
+    with its progress bar. The kernel runs on the
     graph renumbered by :func:`locality_order`; ``load`` and ``store`` see the
     original numbering.
     """
@@ -125,7 +120,7 @@ def propagate_chunks(
     order = locality_order(A)
     A = reorder_graph(A, order)
     inverse = inverse_permutation(order)
-    executor = current_executor()
+    execution = current()
 
     def load_reordered(i: int) -> tuple[np.ndarray, np.ndarray | None]:
         x0, observed = load(i)
@@ -138,42 +133,32 @@ def propagate_chunks(
         x0, observed = load_reordered(i)
         store_reordered(i, propagate_block(A, x0, observed, n_iter=n_iter, hard=hard, beta=beta))
 
-    with stage_bar(desc, n_chunks, progress) as bar:
-        if executor is not None:
-            for _ in executor.propagate(A, n_chunks, load_reordered, store_reordered, n_iter=n_iter, hard=hard, beta=beta):
+    with execution.bar(desc, n_chunks, unit="chunk") as bar:
+        if execution.remote is not None:
+            for _ in execution.remote.propagate(A, n_chunks, load_reordered, store_reordered, n_iter=n_iter, hard=hard, beta=beta):
                 bar.update()
-        elif n_jobs <= 1 or n_chunks == 1:
+        elif execution.n_jobs <= 1 or n_chunks == 1:
             for i in range(n_chunks):
                 work(i)
                 bar.update()
         else:
-            with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            with ThreadPoolExecutor(max_workers=execution.n_jobs) as pool:
                 for _ in pool.map(work, range(n_chunks)):
                     bar.update()
 
 
-def _column_block(X, start: int, stop: int) -> np.ndarray:
-    if isinstance(X, SliceStore):
-        return X.columns(start, stop)
-    if sp.issparse(X):
-        return X[:, start:stop].toarray()
-    return X[:, start:stop]
-
-
 def propagate(
     A: sp.csr_matrix,
-    X0: np.ndarray | sp.spmatrix | SliceStore,
+    X0,
     n_iter: int,
     *,
     hard: bool,
     beta: float = 1.0,
-    chunk: int = DEFAULT_CHUNK,
-    n_jobs: int = 1,
+    chunk: int = PANEL_WIDTH,
     desc: str = "propagate",
-    progress: bool = False,
-    out: SliceStore | None = None,
-    blend: tuple[float, SliceStore] | None = None,
-) -> np.ndarray | SliceStore:
+    out: DenseMatrix | Matrix | None = None,
+    blend: tuple[float, Matrix] | None = None,
+) -> np.ndarray | Matrix:
     """Hard or soft feature propagation of ``X0`` (nodes x features) on graph ``A``.
 
     ``hard``: ``out = A @ out`` then the non-zeros of ``X0`` are put back.
@@ -189,17 +174,16 @@ def propagate(
 
     Returns
     -------
-    numpy.ndarray or SliceStore
+    numpy.ndarray or Matrix
         Dense float32, same shape as ``X0`` (``out`` when given); ``X0`` itself is not modified.
     """
+    X0 = as_matrix(X0)
     n, g = X0.shape
-    if sp.issparse(X0):
-        X0 = sp.csc_matrix(X0, dtype=np.float32)
-    target = SliceStore(np.empty((n, g), dtype=np.float32)) if out is None else out
+    target = DenseMatrix(np.empty((n, g), dtype=np.float32)) if out is None else out
     starts = list(range(0, g, chunk))
 
     def load(i: int) -> tuple[np.ndarray, None]:
-        return _column_block(X0, starts[i], starts[i] + chunk), None
+        return X0.columns(starts[i], starts[i] + chunk), None
 
     def store(i: int, block: np.ndarray) -> None:
         if blend is not None:
@@ -209,7 +193,6 @@ def propagate(
         target.write_columns(starts[i], block)
 
     propagate_chunks(
-        A, len(starts), load, store, n_iter=n_iter, hard=hard, beta=beta,
-        n_jobs=n_jobs, desc=desc, progress=progress,
+        A, len(starts), load, store, n_iter=n_iter, hard=hard, beta=beta, desc=desc,
     )
     return target.array if out is None else target

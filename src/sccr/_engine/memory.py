@@ -1,7 +1,7 @@
 """Memory guard: refuse a run that cannot fit before it starts, with the estimate and the fix.
 
-:func:`estimate_peak_bytes` adds up what ``_pipeline`` allocates on top of the
-validated input; ``docs/errors.md`` compares it with measured peaks
+:func:`estimate_peak_bytes` adds up what the pipeline allocates on top of the
+validated input, stage by stage as :data:`sccr._engine.pipeline.MEMORY_PEAKS` declares them; ``docs/errors.md`` compares it with measured peaks
 (``benchmarks/memory.py``). :func:`available_bytes` is the memory this process
 may still take: ``MemAvailable`` of ``/proc/meminfo``, lowered to the free part
 of a cgroup limit (containers, batch schedulers), with a POSIX fallback.
@@ -10,31 +10,18 @@ of a cgroup limit (containers, batch schedulers), with a POSIX fallback.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
-import numpy as np
-import scipy.sparse as sp
-
-from ._ann import search_bytes
-from ._graph import SIMILARITY_BLOCK_ELEMENTS, resolve_knn
-from ._pipeline import GENE_STAGE_CELL_CHUNK, Params
-from ._propagation import DEFAULT_CHUNK
+from .._errors import InputError
+from .._options import Options, format_size
+from .ann import search_bytes
+from .graph import resolve_knn
+from .matrix import PANEL_WIDTH, ROW_BLOCK, SIMILARITY_BLOCK_ELEMENTS
+from .pipeline import MEMORY_PEAKS
 
 #: Set to 1 to skip the guard (the run may then be killed by the system when memory runs out).
 SKIP_ENV = "SCCR_SKIP_MEMORY_CHECK"
 
-#: Where each method's memory can peak (see the stage list in ``_pipeline``), as
-#: (N x G float32 matrices of the pipeline held in memory, what runs beside them):
-#: ``"input"`` the first cell graph, over the input; ``"transposed"`` scBFP's exact
-#: gene graph over the input; ``"correlations"`` scCR's gene-gene correlations;
-#: ``"search"`` a cell graph over one of the held matrices; ``"output"`` the
-#: output being filled. scCR holds D0 and C for its second cell graph, then D0 and B.
-STAGES = {
-    "sccr": ((0, "input"), (2, "correlations"), (2, "search"), (2, None), (1, "search"), (1, "output")),
-    "scfp": ((0, "input"), (1, "search"), (1, "output")),
-    "scbfp": ((0, "transposed"), (1, "search"), (1, "output")),
-}
 #: Bytes per k-NN entry while a graph is built (int64 indices and rows, float32 values,
 #: COO/CSR copies while symmetrising) and per entry of a kept graph (float32 + int32).
 GRAPH_BUILD_BYTES, GRAPH_KEPT_BYTES = 64, 8
@@ -81,33 +68,6 @@ def available_bytes() -> int | None:
             return None
     cgroup = _cgroup_free_bytes()
     return available if cgroup is None else min(available, cgroup)
-
-
-def parse_memory_size(value) -> int | None:
-    """Bytes from ``None`` (no budget), a number of bytes, or a size such as ``"8G"``, ``"512MiB"``, ``"1.5 GB"``.
-
-    Units are powers of 1024 (``K``, ``M``, ``G``, ``T``, with or without ``B``/``iB``).
-    """
-    from ._validation import InputError
-
-    if value is None:
-        return None
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-        number, unit = float(value), ""
-    elif isinstance(value, str):
-        match = _SIZE.fullmatch(value.strip())
-        if match is None:
-            raise InputError(f"memory budget must be a size such as 8G, 512M or 16GiB, got {value!r}")
-        number, unit = float(match.group(1)), match.group(2).upper()
-    else:
-        raise InputError(f"memory budget must be a size such as 8G or a number of bytes, got {value!r}")
-    size = int(number * 1024 ** "BKMGT".index(unit[0] if unit else "B"))
-    if not np.isfinite(number) or size <= 0:
-        raise InputError(f"memory budget must be positive, got {value!r}")
-    return size
-
-
-_SIZE = re.compile(r"([0-9]*\.?[0-9]+)\s*([kmgt]?(?:i?b)?)", re.IGNORECASE)
 
 
 def estimate_peak_bytes(
@@ -161,46 +121,34 @@ def estimate_peak_bytes(
         "input": (block + matrix * (2 if input_on_disk else dense_input)) if exact else search_bytes(n, g, streamed=input_on_disk),
         # scBFP's gene graph: a contiguous transposed copy (loaded from the scratch file first) and its normalised copy.
         "transposed": block + 2 * matrix * dense_input,
-        # Chunks of up to 4096 cells standardised in float32 and float64, with float64
+        # Chunks of up to ROW_BLOCK cells standardised in float32 and float64, with float64
         # products (measured: about 30 bytes per cell x gene of a chunk), and the correlation blocks.
-        "correlations": 32 * min(n, 4096) * g + 2 * 4 * SIMILARITY_BLOCK_ELEMENTS,
+        "correlations": 32 * min(n, ROW_BLOCK) * g + 2 * 4 * SIMILARITY_BLOCK_ELEMENTS,
         "search": exact_search if exact else search_bytes(n, g, streamed=out_of_core),
         "output": matrix if output_in_memory else 0,
     }
     held = 0 if out_of_core else matrix
-    stages = max(held * copies + beside[work] for copies, work in STAGES[method])
+    stages = max(held * copies + beside[work] for copies, work in MEMORY_PEAKS[method])
     # Sparse input: the normalised float32 copy and the float64 copy of the exact
     # re-ranking (knn), the CSC copy of every cell-wise propagation, and the rows of a
     # similarity block made dense.
     block_rows = min(n, max(1, SIMILARITY_BLOCK_ELEMENTS // max(n, 1)))
     sparse = 0 if nnz is None else 20 * int(nnz) + 4 * block_rows * g
     cell_graphs = {"sccr": 3, "scfp": 2, "scbfp": 1}[method]
-    graphs = (GRAPH_BUILD_BYTES + cell_graphs * GRAPH_KEPT_BYTES * 2) * n * (k + 1)
+    # Each cell graph (kept twice while it is symmetrised), and the final graph's distances.
+    graphs = (GRAPH_BUILD_BYTES + (cell_graphs * 2 + 1) * GRAPH_KEPT_BYTES) * n * (k + 1)
     gene_graph = (GRAPH_BUILD_BYTES + GRAPH_KEPT_BYTES * 2) * g * (k_gene + 1) if method != "scfp" else 0
     # Each thread propagates one block of 64 columns: start, current, next, anchor, output, mask.
     nodes = max(n, g)
-    threads = n_jobs * (21 * nodes * max(DEFAULT_CHUNK, GENE_STAGE_CELL_CHUNK))
+    threads = n_jobs * (21 * nodes * PANEL_WIDTH)
     return stages + sparse + graphs + gene_graph + threads
-
-
-def _gib(n_bytes: int) -> str:
-    return f"{n_bytes / 1024**3:.1f} GiB"
-
-
-def plan_out_of_core(
-    X: np.ndarray | sp.csr_matrix, p: Params, *, memory_budget=None, output_in_memory: bool = True
-) -> bool:
-    """Whether the run on validated in-memory ``X`` keeps its intermediate matrices in scratch files (see :func:`plan`)."""
-    out_of_core, _ = plan(X.shape, X.nnz if sp.issparse(X) else None, p, memory_budget=memory_budget, output_in_memory=output_in_memory)
-    return out_of_core
 
 
 def plan(
     shape: tuple[int, int],
     nnz: int | None,
-    p: Params,
+    options: Options,
     *,
-    memory_budget=None,
     output_in_memory: bool = True,
     input_bytes: int | None = None,
 ) -> tuple[bool, bool]:
@@ -209,15 +157,14 @@ def plan(
     ``input_bytes``: what the input takes once read into memory, for an input still
     in a file (``None``: it is in memory already, and stays there). Each step puts
     more on disk only when the previous one does not fit in ``memory_budget``
-    (default: the memory available now): everything in memory; the intermediate
+    (``options.memory_budget``; default: the memory available now): everything in memory; the intermediate
     matrices in scratch files; then also the input, streamed into one. When even
     that does not fit, :class:`~sccr.InputError` with the estimate and the fixes.
     An unknown amount of available memory, or ``SCCR_SKIP_MEMORY_CHECK=1`` without a
     budget, means in memory.
     """
-    from ._validation import InputError
-
-    budget = parse_memory_size(memory_budget)
+    p = options
+    budget = p.memory_budget
     if budget is None:
         if os.environ.get(SKIP_ENV, "") == "1":
             return False, False
@@ -241,10 +188,10 @@ def plan(
     if os.environ.get(SKIP_ENV, "") == "1":
         return steps[-1]
     least = need(*steps[-1])
-    limit = f"the memory budget is {_gib(budget)}" if memory_budget is not None else f"{_gib(budget)} is available"
+    limit = f"the memory budget is {format_size(budget)}" if p.memory_budget is not None else f"{format_size(budget)} is available"
     raise InputError(
-        f"imputing {n} cells x {g} genes with {p.method} needs about {_gib(least)} of memory "
-        f"even out of core ({_gib(need(False))} in memory) but {limit}; raise "
+        f"imputing {n} cells x {g} genes with {p.method} needs about {format_size(least)} of memory "
+        f"even out of core ({format_size(need(False))} in memory) but {limit}; raise "
         "memory_budget= (command line: --memory-budget 8G) if the machine has more, write the output "
         "to a file (the command line streams it), use fewer threads (n_jobs), run on a Dask cluster "
         f"with backend='dask' (--backend dask --scheduler ADDR), or use fewer genes or cells; set "

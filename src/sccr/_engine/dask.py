@@ -5,11 +5,11 @@ the two loops that dominate the cost, with the same code as the local backend:
 
 * propagation: each stage's sparse graph is scattered to every worker once;
   each task receives one starting block (nodes x up to 64 columns) with its
-  observed mask, runs :func:`sccr._propagation.propagate_block` (the numba
+  observed mask, runs :func:`sccr._engine.propagation.propagate_block` (the numba
   kernel) and returns the propagated block, which the client stores;
 * exact k-NN: the matrix is scattered to every worker once; each worker derives
   its row-normalised copy on first use, and each task ranks one block of rows
-  with :func:`sccr._graph.block_top`, the blocks being those of the local search.
+  with :func:`sccr._engine.graph.block_top`, the blocks being those of the local search.
 
 At most two tasks per worker thread are in flight, so the client holds a
 bounded number of blocks whatever the number of chunks. Results equal the local
@@ -27,11 +27,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ._graph import _exact_cosine, _row_normalised, block_top, cosine_block, similarity_block_rows
-from ._propagation import propagate_block
-from ._validation import InputError, resolve_n_jobs
-
-BACKENDS = ("local", "dask")
+from .._errors import InputError
+from .._options import resolve_n_jobs
+from .graph import _exact_cosine, _row_normalised, block_top, cosine_block, similarity_block_rows
+from .propagation import propagate_block
 
 #: Tasks in flight per worker thread: one running, one queued behind it.
 TASKS_PER_THREAD = 2
@@ -132,13 +131,13 @@ class DaskExecutor:
             client.cancel([shared_future, *running.futures])
 
     def propagate(self, A, n_chunks, load, store, *, n_iter, hard, beta) -> Iterator[None]:
-        """See :meth:`sccr._executor.Executor.propagate`."""
+        """See :meth:`sccr._engine.execution.RemoteExecutor.propagate`."""
         blocks = (self.client.scatter([load(i)], hash=False)[0] for i in range(n_chunks))
         jobs = ((block, n_iter, hard, beta) for block in blocks)
         yield from self._map(A, _propagate_task, jobs, store)
 
     def top_neighbours(self, M, n_neighbours) -> tuple[np.ndarray, np.ndarray]:
-        """See :meth:`sccr._executor.Executor.top_neighbours`."""
+        """See :meth:`sccr._engine.execution.RemoteExecutor.top_neighbours`."""
         n = M.shape[0]
         m = min(n_neighbours, n)
         block = similarity_block_rows(n)
@@ -156,14 +155,8 @@ class DaskExecutor:
         return indices, values
 
 
-def resolve_executor(backend: str, client=None) -> DaskExecutor | None:
-    """The executor for ``backend``: ``None`` (local threads) or one on ``client`` / the active client."""
-    if backend not in BACKENDS:
-        raise InputError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    if backend == "local":
-        if client is not None:
-            raise InputError("client= is only used with backend='dask'; pass backend='dask' as well")
-        return None
+def resolve_executor(client=None) -> DaskExecutor:
+    """An executor on ``client``, or on the active client."""
     distributed = _distributed()
     if client is None:
         try:

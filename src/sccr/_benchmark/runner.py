@@ -22,29 +22,20 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from . import _baselines
-from ._evaluation import clustering_scores, drop_entries, drop_entries_mnar, imputation_errors
-from ._pipeline import Params, run
-from ._progress import resolve_progress
-from ._resources import PeakRSS
-from ._validation import InputError, resolve_n_jobs
-from ._versions import versions
+from .._engine import run
+from .._errors import InputError
+from .._evaluation import clustering_scores, drop_entries, drop_entries_mnar, imputation_errors
+from .._options import DEFAULTS, Options, resolve_n_jobs, someone_watching
+from .._resources import PeakRSS
+from .._versions import versions
+from . import baselines
+from .grid import METHODS, OPTIONAL_MODULES, PAPER_GAMMA, PAPER_SYM_FINAL, TASKS, UMAP_RATE
+from .report import write_report
 
-METHODS = ("raw", "sccr", "scfp", "scbfp", "magic", "alra", "knn")
-TASKS = ("clustering", "mcar", "mnar")
-#: Module each optional method needs (the ``benchmark`` extra installs them).
-OPTIONAL_MODULES = {"magic": "magic"}
-#: The authors' per-data-set choice: their Worm Neuron runs leave the final cell graph unsymmetrised.
-PAPER_SYM_FINAL = {"worm_neuron": False}
-#: scCR's output blend, as the authors' run script sets it: without dropout / with dropout.
-PAPER_GAMMA = {"clustering": 0.01, "mcar": 1.0, "mnar": 1.0}
 _DROPS = {"mcar": drop_entries, "mnar": drop_entries_mnar}
 #: KMeans runs on one thread: with two OpenMP threads on a busy 2-core machine it ran 10-20x
 #: slower (threads spinning at barriers), with the same labels on every case checked.
 KMEANS_THREADS = 1
-#: A UMAP is stored for the clustering task and for MCAR at this rate (the paper's 80%).
-UMAP_RATE = 0.8
-
 
 @dataclass
 class Dataset:
@@ -62,9 +53,9 @@ def load_dataset(source: str | os.PathLike, *, label_key: str, genes_dir: str | 
     With ``genes_dir``, the genes listed in ``<genes_dir>/<name>.genes.txt`` (one
     per line) are kept when that file exists, e.g. the reference's lists.
     """
-    from ._io import read_anndata
-    from ._preprocess import preprocess_paper
-    from .datasets import worm_neuron
+    from .._io import read_anndata
+    from .._preprocess import preprocess_paper
+    from ..datasets import worm_neuron
 
     if str(source) == "worm_neuron" and not Path(source).exists():
         name, adata = "worm_neuron", worm_neuron()
@@ -89,9 +80,9 @@ def method_params(method: str, dataset: str, task: str) -> dict:
     (True elsewhere). Baselines: their own defaults, fixed random states.
     """
     if method in ("sccr", "scfp", "scbfp"):
-        p = Params(method=method, gamma=PAPER_GAMMA[task], sym_final=PAPER_SYM_FINAL.get(dataset, True))
+        paper = {"gamma": PAPER_GAMMA[task], "sym_final": PAPER_SYM_FINAL.get(dataset, True)}
         keys = ("k", "k_gene", "n_iter", "alpha", "beta", "gamma", "sym_final") if method == "sccr" else ("k", "k_gene", "n_iter", "beta", "sym_final")
-        return {key: getattr(p, key) for key in keys}
+        return {key: paper.get(key, getattr(DEFAULTS, key)) for key in keys}
     return {
         "raw": {},
         "knn": {"k": 15},
@@ -103,15 +94,16 @@ def method_params(method: str, dataset: str, task: str) -> dict:
 def impute(method: str, X: sp.csr_matrix, params: dict, *, n_jobs: int) -> tuple[np.ndarray, sp.csr_matrix | None]:
     """Run one method; returns the imputed matrix and its gene graph (scCR, scBFP) or None."""
     if method in ("sccr", "scfp", "scbfp"):
-        result = run(X, Params(method=method, n_jobs=n_jobs, **params))
+        # Through the engine's entry: checked, memory planned; exact neighbours as in the paper's sizes.
+        result = run(X, Options(method=method, n_jobs=n_jobs, progress=False, **params))
         return result.imputed, result.gene_graph if method != "scfp" else None
     if method == "magic":
-        return _baselines.magic(X, n_jobs=n_jobs, random_state=params["random_state"]), None
+        return baselines.magic(X, n_jobs=n_jobs, random_state=params["random_state"]), None
     if method == "alra":
-        return _baselines.alra(X, **params), None
+        return baselines.alra(X, **params), None
     if method == "knn":
-        return _baselines.knn_smooth(X, **params), None
-    return _baselines.raw(X), None
+        return baselines.knn_smooth(X, **params), None
+    return baselines.raw(X), None
 
 
 def gene_edge_signs(G: sp.spmatrix) -> dict[str, int]:
@@ -243,8 +235,6 @@ def benchmark(
     list of dict
         All records in ``results.jsonl`` after the run.
     """
-    from ._report import write_report
-
     methods, tasks = list(methods), list(tasks)
     rates = [float(r) for r in rates]
     seeds = [int(s) for s in seeds]
@@ -263,7 +253,7 @@ def benchmark(
     done = {record_key(r) for r in read_records(results)}
     n_units = sum(len(seeds) * (1 if t == "clustering" else len(rates)) for t in tasks) * len(loaded) * len(methods)
     common = {"label_key": label_key, "n_jobs": n_jobs, "versions": versions()}
-    with tqdm(total=n_units, desc="benchmark", unit="run", disable=not resolve_progress(progress)) as bar:
+    with tqdm(total=n_units, desc="benchmark", unit="run", disable=not (someone_watching() if progress is None else progress)) as bar:
         for data in loaded:
             clustering_runs: dict[str, dict] = {}  # method -> its one imputation of the undropped data
             for task in tasks:

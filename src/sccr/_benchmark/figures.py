@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # the object API: no pyplot, no global backend
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ._benchmark import METHODS, UMAP_RATE  # noqa: E402
-from ._report import _ordered, aggregate  # noqa: E402
+from .grid import METHODS, UMAP_RATE, _ordered, aggregate
 
 DPI = 80
 
@@ -19,12 +15,12 @@ DPI = 80
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)
 
 
 def errors_vs_rate(stats: dict, dataset: str, methods: list[str], path: Path) -> bool:
     """True RMSE and median L1 against the dropout rate, MCAR solid and MNAR dashed."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    axes = fig.subplots(1, 2)
     drawn = False
     for ax, metric, label in zip(axes, ("rmse", "median_l1"), ("RMSE", "median L1")):
         for i, method in enumerate(methods):
@@ -40,13 +36,13 @@ def errors_vs_rate(stats: dict, dataset: str, methods: list[str], path: Path) ->
     if drawn:
         axes[1].legend(fontsize=6, ncol=2)
         _save(fig, path)
-    plt.close(fig)
     return drawn
 
 
 def clustering_bars(stats: dict, datasets: list[str], methods: list[str], path: Path) -> None:
     """ARI, NMI and CA without dropout: bars per data set and method, sd as error bars."""
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    fig = Figure(figsize=(12, 3.5))
+    axes = fig.subplots(1, 3)
     width = 0.8 / len(methods)
     for ax, metric in zip(axes, ("ari", "nmi", "ca")):
         for i, method in enumerate(methods):
@@ -65,7 +61,8 @@ def umap_grid(folder: Path, dataset: str, methods: list[str], path: Path) -> boo
     files = {(m, t): folder / f"{dataset}__{m}__{t}__{rate}.npz" for m in methods for t, rate, _ in rows}
     if not any(f.exists() for f in files.values()):
         return False
-    fig, axes = plt.subplots(2, len(methods), figsize=(1.9 * len(methods), 4), squeeze=False)
+    fig = Figure(figsize=(1.9 * len(methods), 4))
+    axes = fig.subplots(2, len(methods), squeeze=False)
     for r, (task, _, title) in enumerate(rows):
         for c, method in enumerate(methods):
             ax = axes[r, c]
@@ -87,7 +84,8 @@ def gene_edges(records: list[dict], datasets: list[str], path: Path) -> bool:
     found = {(r["dataset"], r["method"]): r["gene_edges"] for r in records if "gene_edges" in r}
     if not found:
         return False
-    fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3), squeeze=False)
+    fig = Figure(figsize=(3.2 * len(datasets), 3))
+    axes = fig.subplots(1, len(datasets), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         for x, (method, label) in enumerate(sources):
             e = found.get((dataset, method))
@@ -106,7 +104,8 @@ def gene_edges(records: list[dict], datasets: list[str], path: Path) -> bool:
 
 def time_vs_cells(records: list[dict], methods: list[str], path: Path) -> None:
     """Mean imputation time of each method against the number of cells (one point per data set)."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     for i, method in enumerate(methods):
         by_n: dict[int, list[float]] = {}
         for r in records:

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from importlib.util import find_spec
 from pathlib import Path
 
-import numpy as np
+from .grid import _COSTS, METHODS, METRICS, TASKS, _ordered, aggregate
 
-#: Metric -> (label, True when higher is better).
-METRICS = {
-    "ari": ("ARI", True),
-    "nmi": ("NMI", True),
-    "ca": ("CA", True),
-    "mae": ("MAE (the paper's \"RMSE\")", False),
-    "rmse": ("RMSE (root mean square error)", False),
-    "median_l1": ("median L1", False),
-    "cosine": ("cosine similarity", True),
-    "seconds": ("imputation time (s)", False),
-    "peak_rss_mb": ("peak RSS of the process during imputation (MiB)", False),
-}
 _TASK_TITLES = {
     "clustering": "Clustering without dropout",
     "mcar": "Dropout recovery, missing completely at random (MCAR)",
@@ -30,29 +17,6 @@ _TASK_METRICS = {
     "mcar": ("mae", "rmse", "median_l1", "cosine", "ari", "nmi", "ca", "seconds"),
     "mnar": ("mae", "rmse", "median_l1", "cosine", "ari", "nmi", "ca", "seconds"),
 }
-
-
-_COSTS = ("seconds", "peak_rss_mb")
-
-
-def _ordered(values, order) -> list:
-    present = set(values)
-    return [v for v in order if v in present] + sorted(present - set(order))
-
-
-def aggregate(records: list[dict]) -> dict:
-    """``{(dataset, task, rate, method, metric): (mean, sd, n)}`` over seeds (sd with ddof=0).
-
-    Time and memory of the clustering task count each imputation once
-    (records that reused an imputation are left out of them).
-    """
-    groups = defaultdict(list)
-    for r in records:
-        for metric in METRICS:
-            if r.get(metric) is None or (metric in _COSTS and r.get("imputation_reused")):
-                continue
-            groups[(r["dataset"], r["task"], r["rate"], r["method"], metric)].append(r[metric])
-    return {key: (float(np.mean(v)), float(np.std(v)), len(v)) for key, v in groups.items()}
 
 
 def _table(stats: dict, rows: list[tuple], methods: list[str], metric: str) -> list[str]:
@@ -80,8 +44,6 @@ def _table(stats: dict, rows: list[tuple], methods: list[str], metric: str) -> l
 
 def summary_markdown(records: list[dict]) -> str:
     """The tables of ``summary.md``: one per task and metric, rows data sets (x rates), columns methods."""
-    from ._benchmark import METHODS, TASKS
-
     stats = aggregate(records)
     methods = _ordered([r["method"] for r in records], METHODS)
     datasets = _ordered([r["dataset"] for r in records], [])
@@ -113,6 +75,6 @@ def write_report(records: list[dict], out: Path, *, figures: bool = True, echo=p
     if find_spec("matplotlib") is None:
         echo("sccr: notice: no figures: matplotlib is not installed (pip install 'sccr[benchmark]')")
         return
-    from ._figures import write_figures
+    from .figures import write_figures
 
     write_figures(records, out)

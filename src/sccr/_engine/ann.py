@@ -1,6 +1,6 @@
 """Approximate cosine k-NN for large numbers of rows (``knn="approx"``, docs/knn.md).
 
-The exact search (:mod:`sccr._graph`) costs ``O(N^2 G)``; this one costs about
+The exact search (:mod:`sccr._engine.graph`) costs ``O(N^2 G)``; this one costs about
 ``O(N G (d + c))`` and never holds a dense ``N x G`` matrix. It reads the matrix
 in row blocks, in :data:`N_PASSES_PCA` + (1 + :data:`N_REFINE`) x ``ceil(G / w)``
 sequential passes (``w``: columns that fit in :data:`SLICE_BYTES`; a matrix held
@@ -27,7 +27,7 @@ The projection only proposes candidates: every returned similarity is the exact
 cosine in the full space (within float32 rounding), so the weights of the graph
 are those the exact search gives for the same pairs, and each row's list is the
 exact top of the candidates it was offered. Rows come out ranked by decreasing
-similarity, ties to the lower row index, as :func:`sccr._graph.top_neighbours`.
+similarity, ties to the lower row index, as :func:`sccr._engine.graph.top_neighbours`.
 
 Determinism: random numbers come from ``random_state``; the exact scores are
 computed pair by pair in a fixed order (independent of threads); the projection
@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Protocol
-
-import numba
 import numpy as np
 import scipy.sparse as sp
 from numba import njit, prange
 from threadpoolctl import threadpool_limits
+
+from .execution import current
+from .matrix import ROW_BLOCK, SLICE_BYTES, DenseMatrix, Matrix, SparseMatrix, as_matrix
 
 #: Dimension of the projection that proposes candidates.
 N_COMPONENTS = 192
@@ -67,10 +67,6 @@ MAX_CLUSTER_FACTOR = 2
 N_CANDIDATES = 48
 #: Rounds of neighbour-of-neighbour refinement with exact scores.
 N_REFINE = 2
-#: Rows per block when the matrix is read in row blocks.
-BLOCK_ROWS = 4096
-#: Memory for one column slice of a dense matrix read in blocks, during exact scoring.
-SLICE_BYTES = 2 << 30
 #: Columns summed together (float64) in the dense scoring kernel; slices are multiples of it.
 TILE = 256
 #: k-means: rows sampled per cluster to fit the centroids, and iterations.
@@ -81,56 +77,15 @@ KMEANS_ITERATIONS = 10
 last_timings: dict[str, float] = {}
 
 
-class RowBlocks(Protocol):
-    """A matrix read in row blocks: ``iter_row_blocks(rows)`` yields ``(start, dense block)`` in order."""
-
-    shape: tuple[int, int]
-
-    def iter_row_blocks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]: ...
-
-
-class InMemoryRows:
-    """Row-block view of an in-memory array or sparse matrix (nothing copied whole).
-
-    ``iter_row_blocks`` yields dense float32 blocks, as a store on disk would;
-    :attr:`matrix` keeps the original for the steps that can use it directly.
-    """
-
-    def __init__(self, M: np.ndarray | sp.spmatrix):
-        if sp.issparse(M):
-            self.matrix = sp.csr_matrix(M, dtype=np.float32)
-        else:
-            self.matrix = np.ascontiguousarray(M, dtype=np.float32)
-        if self.matrix.ndim != 2:
-            raise ValueError(f"expected a 2-D matrix, got shape {self.matrix.shape}")
-        self.shape = self.matrix.shape
-
-    def iter_row_blocks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        for start, block in self.blocks(rows):
-            yield start, block.toarray() if sp.issparse(block) else block
-
-    def blocks(self, rows: int) -> Iterator[tuple[int, np.ndarray | sp.csr_matrix]]:
-        """Like :meth:`iter_row_blocks`, sparse blocks left sparse (cheaper products)."""
-        for start in range(0, self.shape[0], rows):
-            yield start, self.matrix[start : start + rows]
-
-
-def as_row_blocks(M) -> RowBlocks:
-    """``M`` itself if it reads in row blocks, else an :class:`InMemoryRows` over it."""
-    if hasattr(M, "iter_row_blocks") and hasattr(M, "shape"):
-        return M
-    return InMemoryRows(M)
-
-
-def _blocks(source: RowBlocks, rows: int = BLOCK_ROWS) -> Iterator[tuple[int, np.ndarray | sp.csr_matrix]]:
+def _blocks(source: Matrix) -> Iterator[tuple[int, np.ndarray | sp.csr_matrix]]:
     """One pass over ``source`` in row blocks, checked to be consecutive and complete."""
-    it = source.blocks(rows) if isinstance(source, InMemoryRows) else source.iter_row_blocks(rows)
+    it = source.row_blocks(ROW_BLOCK)
     n, g = source.shape
     expected = 0
     for start, block in it:
         if start != expected or block.ndim != 2 or block.shape[1] != g:
             raise ValueError(
-                f"iter_row_blocks must yield consecutive blocks of {g} columns from row 0: "
+                f"row_blocks must yield consecutive blocks of {g} columns from row 0: "
                 f"expected start {expected}, got {start} with shape {block.shape}"
             )
         if not sp.issparse(block):
@@ -138,7 +93,7 @@ def _blocks(source: RowBlocks, rows: int = BLOCK_ROWS) -> Iterator[tuple[int, np
         yield start, block
         expected = start + block.shape[0]
     if expected != n:
-        raise ValueError(f"iter_row_blocks covered {expected} rows, the matrix has {n}")
+        raise ValueError(f"row_blocks covered {expected} rows, the matrix has {n}")
 
 
 def _row_norms(block) -> np.ndarray:
@@ -183,7 +138,7 @@ def fit_basis(sample, n_components: int, rng: np.random.Generator) -> np.ndarray
     return np.ascontiguousarray((Q @ U[:, order]).astype(np.float32))
 
 
-def project(source: RowBlocks, n_components: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def project(source: Matrix, n_components: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Projections ``Mn V`` (``N x d`` float32) and float64 row norms, in two passes over the rows.
 
     ``Mn`` is the row-normalised matrix and ``V`` its top right singular vectors,
@@ -234,7 +189,7 @@ def _kmeans(P: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndar
     return centroids
 
 
-def _assign(P: np.ndarray, centroids: np.ndarray, block: int = 16384) -> np.ndarray:
+def _assign(P: np.ndarray, centroids: np.ndarray, block: int = 4 * ROW_BLOCK) -> np.ndarray:
     """Index of the nearest centroid of every row of ``P``."""
     c2 = np.einsum("ij,ij->i", centroids, centroids)
     out = np.empty(P.shape[0], dtype=np.int64)
@@ -412,13 +367,13 @@ def _accumulate_dense(S, order, cptr, cidx, out):  # pragma: no cover - numba
 class _Scorer:
     """Exact cosines of the candidate pairs ``(i, cidx[e])``, ``e`` in ``cptr[i]:cptr[i+1]``."""
 
-    def __init__(self, source: RowBlocks, norms: np.ndarray, order: np.ndarray):
+    def __init__(self, source: Matrix, norms: np.ndarray, order: np.ndarray):
         self.source = source
         self.inv = _inverse(norms)
         self.order = order
         self.sparse = None
-        if isinstance(source, InMemoryRows) and sp.issparse(source.matrix):
-            X = sp.csr_matrix(source.matrix, dtype=np.float64, copy=True)
+        if isinstance(source, SparseMatrix):
+            X = sp.csr_matrix(source.array, dtype=np.float64, copy=True)
             X.data *= np.repeat(self.inv, np.diff(X.indptr))
             X.sort_indices()
             self.sparse = X
@@ -431,8 +386,8 @@ class _Scorer:
             _score_sparse(X.indptr, X.indices, X.data, g, self.order, cptr, cidx, out)
             return out.astype(np.float32)
         out = np.zeros(cidx.size, dtype=np.float64)
-        if isinstance(self.source, InMemoryRows):
-            _accumulate_dense(self.source.matrix, self.order, cptr, cidx, out)
+        if isinstance(self.source, DenseMatrix) and isinstance(self.source.array, np.ndarray):
+            _accumulate_dense(np.ascontiguousarray(self.source.array, dtype=np.float32), self.order, cptr, cidx, out)
         else:
             width = max(TILE, SLICE_BYTES // (4 * max(n, 1)) // TILE * TILE)
             for g0 in range(0, g, width):
@@ -442,14 +397,8 @@ class _Scorer:
         return _scaled(out, cptr, cidx, self.inv)
 
     def _column_slice(self, g0: int, g1: int) -> np.ndarray:
-        """Columns ``g0..g1`` of every row: read directly where the source can (a scratch file of
-        column panels), else gathered from one pass over its row blocks."""
-        if hasattr(self.source, "columns"):
-            return np.ascontiguousarray(self.source.columns(g0, g1), dtype=np.float32)
-        S = np.empty((self.source.shape[0], g1 - g0), dtype=np.float32)
-        for start, block in _blocks(self.source):
-            S[start : start + block.shape[0]] = block[:, g0:g1]
-        return S
+        """Columns ``g0..g1`` of every row (a scratch file of column panels reads them directly)."""
+        return np.ascontiguousarray(self.source.columns(g0, g1), dtype=np.float32)
 
 
 def search_bytes(n_rows: int, n_cols: int, *, streamed: bool) -> int:
@@ -591,84 +540,82 @@ def _union(ptr_a, idx_a, ptr_b, idx_b):
 
 
 def approximate_neighbours(
-    M, n_neighbours: int, *, random_state: int | None, n_jobs: int
+    M, n_neighbours: int, *, random_state: int | None, desc: str = "neighbour search"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Approximate cosine top-``n_neighbours`` of every row of ``M`` (the row itself included).
 
     Parameters
     ----------
     M
-        ``N x G`` numpy array, scipy sparse matrix, or any object with ``shape`` and
-        ``iter_row_blocks(rows)`` yielding ``(start, dense float32 block)`` in order
-        (each call a new pass; a few sequential passes are made, see the module doc).
+        ``N x G`` numpy array, scipy sparse matrix, or :class:`~sccr._engine.matrix.Matrix`
+        (read in a few sequential passes of row blocks, see the module doc).
     n_neighbours
         Entries kept per row (``k + 1`` with the row itself).
     random_state
         Seed of the row sample, the projection and the clustering.
-    n_jobs
-        Threads (BLAS and the compiled loops); global settings are restored after.
+    desc
+        Label of the progress bar (one step per phase).
+
+    Threads (BLAS and the compiled loops) and the progress bar come from the
+    current :class:`~sccr._engine.execution.Execution`.
 
     Returns
     -------
     indices, values
         ``N x min(n_neighbours, N)`` int64 row indices and float32 exact cosine
         similarities (full space), every row by decreasing similarity, ties to
-        the lower index, as :func:`sccr._graph.top_neighbours` gives them. A row
+        the lower index, as :func:`sccr._engine.graph.top_neighbours` gives them. A row
         is its own first neighbour unless it is all zeros or has exact duplicates
         of lower index.
     """
-    source = as_row_blocks(M)
+    source = as_matrix(M)
     n, g = source.shape
     m = min(int(n_neighbours), n)
     if n == 0 or m == 0:
         return np.empty((n, m), dtype=np.int64), np.empty((n, m), dtype=np.float32)
     rng = np.random.default_rng(random_state)
-    n_jobs = max(1, int(n_jobs))
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(n_jobs, numba.config.NUMBA_NUM_THREADS))
     timings = {}
     clock = time.perf_counter()
+    bar = current().bar(desc, 4, unit="phase")
 
     def lap(name):
         nonlocal clock
         now = time.perf_counter()
         timings[name] = now - clock
         clock = now
+        bar.update()
 
-    try:
-        with threadpool_limits(limits=n_jobs):
-            P, norms = project(source, N_COMPONENTS, rng)
-            lap("project")
-            cand, labels = propose_candidates(P, max(N_CANDIDATES, m), rng)
-            del P
-            lap("candidates")
-            # Every row also scores itself; duplicates go.
-            cand = np.concatenate([np.arange(n)[:, None], cand], axis=1)
-            cand.sort(axis=1)
-            keep = np.ones(cand.shape, dtype=bool)
-            keep[:, 1:] = cand[:, 1:] != cand[:, :-1]
-            ptr = np.r_[0, np.cumsum(keep.sum(axis=1))].astype(np.int64)
-            idx = cand[keep]
-            del cand, keep
-            scorer = _Scorer(source, norms, np.argsort(labels, kind="stable"))
-            sims = scorer(ptr, idx)
-            lap("score")
-            indices = np.empty((n, m), dtype=np.int64)
-            values = np.empty((n, m), dtype=np.float32)
-            _merge_top(ptr, idx, sims, m, indices, values)
-            del sims
-            for r in range(N_REFINE):
-                new_ptr, new_idx = _refine_candidates(indices, ptr, idx)
-                timings[f"refine_candidates_per_row_{r}"] = float(new_idx.size / n)
-                new_sims = scorer(new_ptr, new_idx)
-                _merge_new(indices, values, new_ptr, new_idx, new_sims)
-                if r + 1 < N_REFINE:  # the next round skips every row scored so far
-                    ptr, idx, _, _ = _union(ptr, idx, new_ptr, new_idx)
-                    idx = idx[np.lexsort((idx, np.repeat(np.arange(n), np.diff(ptr))))]
-                del new_ptr, new_idx, new_sims
-            lap("refine")
-    finally:
-        numba.set_num_threads(previous)
+    with bar:
+        P, norms = project(source, N_COMPONENTS, rng)
+        lap("project")
+        cand, labels = propose_candidates(P, max(N_CANDIDATES, m), rng)
+        del P
+        lap("candidates")
+        # Every row also scores itself; duplicates go.
+        cand = np.concatenate([np.arange(n)[:, None], cand], axis=1)
+        cand.sort(axis=1)
+        keep = np.ones(cand.shape, dtype=bool)
+        keep[:, 1:] = cand[:, 1:] != cand[:, :-1]
+        ptr = np.r_[0, np.cumsum(keep.sum(axis=1))].astype(np.int64)
+        idx = cand[keep]
+        del cand, keep
+        scorer = _Scorer(source, norms, np.argsort(labels, kind="stable"))
+        sims = scorer(ptr, idx)
+        lap("score")
+        indices = np.empty((n, m), dtype=np.int64)
+        values = np.empty((n, m), dtype=np.float32)
+        _merge_top(ptr, idx, sims, m, indices, values)
+        del sims
+        for r in range(N_REFINE):
+            new_ptr, new_idx = _refine_candidates(indices, ptr, idx)
+            timings[f"refine_candidates_per_row_{r}"] = float(new_idx.size / n)
+            new_sims = scorer(new_ptr, new_idx)
+            _merge_new(indices, values, new_ptr, new_idx, new_sims)
+            if r + 1 < N_REFINE:  # the next round skips every row scored so far
+                ptr, idx, _, _ = _union(ptr, idx, new_ptr, new_idx)
+                idx = idx[np.lexsort((idx, np.repeat(np.arange(n), np.diff(ptr))))]
+            del new_ptr, new_idx, new_sims
+        lap("refine")
     last_timings.clear()
     last_timings.update(timings)
     return indices, values

@@ -1,75 +1,21 @@
-"""Input checks, done once at the boundary; every message names the problem and the fix."""
+"""Checks of the matrix to impute, done once at the boundary (in memory, or block by block while it streams).
+
+Every message names the problem and the fix.
+"""
 
 from __future__ import annotations
 
-import os
 import warnings
 
-import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from ._pipeline import METHODS, Params
-
-KNN_MODES = ("auto", "exact", "approx")
-
-
-class InputError(ValueError):
-    """Bad input from the user: the message says what is wrong and how to fix it."""
-
-
-class InputWarning(UserWarning):
-    """Input that sccr can impute but that is probably not what the user meant.
-
-    ``warnings.simplefilter("error", sccr.InputWarning)`` turns every such case into an error.
-    """
-
-
-class CountsWarning(InputWarning):
-    """The matrix looks like raw counts where log-normalised expression is expected."""
-
-
-def get_matrix(adata: ad.AnnData, layer: str | None):
-    """``adata.X`` or ``adata.layers[layer]`` of an in-memory AnnData, with a clear error otherwise."""
-    if adata.isbacked:
-        raise InputError(
-            f"adata is backed by the file {str(adata.filename)!r} and sccr needs it in memory; "
-            "load it with adata = adata.to_memory() first, or impute the file without loading it "
-            "with sccr.impute_file(path, output_path) (command line: sccr impute)"
-        )
-    if layer is None:
-        if adata.X is None:
-            raise InputError("adata.X is empty (None); pass layer= naming the layer to impute")
-        return adata.X
-    if layer not in adata.layers:
-        known = ", ".join(map(repr, adata.layers.keys())) or "none"
-        raise InputError(f"layer {layer!r} not found in adata.layers (available: {known}); pass one of them or layer=None for X")
-    return adata.layers[layer]
-
-
-def check_key_added(key_added, layer: str | None) -> str:
-    """A name usable for the output layer, uns, obsp and varp entries, distinct from the input layer."""
-    if not isinstance(key_added, str) or not key_added or "/" in key_added:
-        raise InputError(f"key_added must be a non-empty name without '/', got {key_added!r}")
-    if key_added == layer:
-        raise InputError(f"key_added={key_added!r} would overwrite the input layer; choose another key_added")
-    return key_added
-
-
-def warn_duplicate_names(obs_names, var_names) -> None:
-    """Warn when cell or gene names repeat: imputation works by position, but lookups by name become ambiguous."""
-    for axis, names in (("obs", obs_names), ("var", var_names)):
-        if not names.is_unique:
-            warnings.warn(
-                f"{int(names.duplicated().sum())} duplicate {axis}_names (first: {names[names.duplicated()][0]!r}); "
-                f"sccr imputes by position, but results looked up by name are ambiguous: call adata.{axis}_names_make_unique() first",
-                InputWarning,
-                stacklevel=3,
-            )
+from .._errors import CountsWarning, InputError, InputWarning
+from .matrix import ROW_BLOCK
 
 
 def _as_float32(X) -> np.ndarray | sp.csr_matrix:
-    if isinstance(X, (ad.AnnData,)):
+    if hasattr(X, "obs") and hasattr(X, "var") and hasattr(X, "layers"):  # an AnnData, without importing anndata
         raise InputError("got an AnnData where a matrix was expected; use sccr.impute(adata) for AnnData")
     if sp.issparse(X):
         check_dtype(X.dtype)
@@ -77,6 +23,11 @@ def _as_float32(X) -> np.ndarray | sp.csr_matrix:
     if hasattr(X, "toarray") and not isinstance(X, np.ndarray):  # anndata backed/other array types
         X = X.toarray()
     X = np.asarray(X)
+    if X.dtype == object:  # numbers held as Python objects are numbers; anything else is refused below
+        try:
+            X = X.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
     check_dtype(X.dtype)
     return np.asarray(X, dtype=np.float32)
 
@@ -190,18 +141,14 @@ def canonical(X: sp.spmatrix) -> sp.spmatrix:
     return X
 
 
-#: Rows per block when a dense in-memory matrix is summarised (a bool copy of this many rows at a time).
-SUMMARY_ROWS = 4096
-
-
 def summarise(X: np.ndarray | sp.csr_matrix) -> ValueSummary:
     """The :class:`ValueSummary` of a float32 matrix in memory (canonical when sparse)."""
     summary = ValueSummary(X.shape)
     if sp.issparse(X):
         summary.add(X)
     else:
-        for start in range(0, X.shape[0], SUMMARY_ROWS):
-            summary.add(X[start : start + SUMMARY_ROWS], start)
+        for start in range(0, X.shape[0], ROW_BLOCK):  # a bool copy of this many rows at a time
+            summary.add(X[start : start + ROW_BLOCK], start)
     return summary
 
 
@@ -226,73 +173,3 @@ def check_expression(X, k: int, *, k_gene: int | None = None) -> np.ndarray | sp
     X = canonical(X) if sp.issparse(X) else np.ascontiguousarray(X)
     summarise(X).check_expression(X.shape, k, k_gene)
     return X
-
-
-def check_scratch_dir(scratch_dir) -> None:
-    """``None`` (the system's temporary folder) or an existing, writable folder for scratch files."""
-    if scratch_dir is None:
-        return
-    if not os.path.isdir(scratch_dir):
-        raise InputError(f"scratch folder {str(scratch_dir)!r} does not exist; create it or pass another folder")
-    if not os.access(scratch_dir, os.W_OK):
-        raise InputError(f"scratch folder {str(scratch_dir)!r} is not writable; pass another folder")
-
-
-def resolve_n_jobs(n_jobs: int | None) -> int:
-    """``None`` or ``-1``: every core this process may use."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if n_jobs is None or n_jobs == -1:
-        return available
-    if not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
-        raise InputError(f"n_jobs must be a positive integer, -1 or None, got {n_jobs!r}")
-    return int(n_jobs)
-
-
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _check_fraction(name: str, value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise InputError(f"{name} must be in [0, 1], got {value}")
-    return value
-
-
-def _check_seed(value) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise InputError(f"random_state must be a non-negative integer or None, got {value!r}")
-    return int(value)
-
-
-def check_params(
-    *, method, k, k_gene, n_iter, alpha, beta, gamma, sym_final, knn, n_jobs, progress, random_state=0
-) -> Params:
-    """Validate the options of :func:`sccr.impute` and :class:`sccr.SCCR` into :class:`Params`."""
-    from ._progress import resolve_progress
-
-    if method not in METHODS:
-        raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    if knn not in KNN_MODES:
-        raise InputError(f"knn must be one of {', '.join(KNN_MODES)}; got {knn!r}")
-    return Params(
-        method=method,
-        k=_check_int("k", k, 1),
-        k_gene=_check_int("k_gene", k_gene, 1),
-        n_iter=_check_int("n_iter", n_iter, 0),
-        alpha=_check_fraction("alpha", alpha),
-        beta=_check_fraction("beta", beta),
-        gamma=_check_fraction("gamma", gamma),
-        sym_final=bool(sym_final),
-        knn=knn,
-        random_state=_check_seed(random_state),
-        n_jobs=resolve_n_jobs(n_jobs),
-        progress=resolve_progress(progress),
-    )

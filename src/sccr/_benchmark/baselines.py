@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils.extmath import randomized_svd
 
-from ._graph import knn_graph
+from .._engine import knn_graph
 
 
 def _dense(X) -> np.ndarray:

@@ -6,11 +6,11 @@ import time
 
 import numpy as np
 
-from ._anndata import impute
-from ._evaluation import clustering_scores
-from ._preprocess import preprocess_paper
-from ._resources import peak_rss_mb
-from .datasets import worm_neuron
+from .._anndata import impute
+from .._evaluation import clustering_scores
+from .._preprocess import preprocess_paper
+from .._resources import peak_rss_mb
+from ..datasets import worm_neuron
 
 
 def run_demo(*, seeds: tuple[int, ...] = (0, 1, 2), n_jobs: int | None = None, progress: bool | None = None, echo=print) -> dict:

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import scipy.sparse as sp
 
-from ._executor import current_executor
-from ._store import SliceStore, as_store
+from .execution import current
+from .matrix import ROW_BLOCK, SIMILARITY_BLOCK_ELEMENTS, Matrix, as_matrix, in_memory
 
 #: Float32 products of unit vectors are this close to exact (far below for d < 10^5):
 #: candidates within it of the k-th similarity are re-ranked on exact values.
@@ -23,20 +23,14 @@ CANDIDATE_TOLERANCE = 1e-4
 #: tied rows than that (mass duplicates), the float32 order picks among the rest.
 MAX_EXTRA_CANDIDATES = 256
 
-#: Number of similarities held at once by the blockwise search (32 MiB of float32).
-SIMILARITY_BLOCK_ELEMENTS = 1 << 23
-
 #: ``knn="auto"`` uses the approximate search from this many rows on (docs/knn.md: the
 #: times cross near 8k rows; 20k keeps the exact graph for data sets of usual size, and
 #: the exact search costs under a minute per graph there).
 APPROX_MIN_CELLS = 20_000
-KNN_METHODS = ("exact", "approx", "auto")
 
 
 def resolve_knn(knn: str, n_rows: int) -> str:
-    """``"exact"`` or ``"approx"``: the search ``knn_graph`` runs for ``knn`` on ``n_rows`` rows."""
-    if knn not in KNN_METHODS:
-        raise ValueError(f"knn must be one of {KNN_METHODS}, got {knn!r}")
+    """``"exact"`` or ``"approx"``: the search ``knn_graph`` runs for ``knn`` (validated) on ``n_rows`` rows."""
     if knn == "auto":
         return "approx" if n_rows >= APPROX_MIN_CELLS else "exact"
     return knn
@@ -251,71 +245,109 @@ def knn_graph(
     norm: str = "row",
     knn: str = "exact",
     random_state: int | None = 0,
-    n_jobs: int = 1,
+    desc: str = "neighbour search",
 ) -> sp.csr_matrix:
     """Cosine k-NN graph over the rows of ``M`` (ALGORITHM.md, building block 1).
 
-    ``knn="exact"``: candidates are found with float32 products and ranked on exact
-    (float64) cosines. ``knn="approx"``: :func:`sccr._ann.approximate_neighbours`
-    (candidates from a projection, scored with the exact cosine; ``random_state``
-    and ``n_jobs`` apply to it only); ``M`` may then also be an object read in row
-    blocks (``shape`` and ``iter_row_blocks``). ``knn="auto"``: approximate from
-    :data:`APPROX_MIN_CELLS` rows on (:func:`resolve_knn`).
-    Each row keeps its ``k + 1`` most similar rows (itself included), negative
-    similarities become 0, a self-loop of weight 1 is added, the graph is
-    symmetrised when ``sym`` and normalised so that every row sums to 1.
+    The neighbours are those of :func:`knn_neighbours` (same ``M``, ``k``, ``knn``,
+    ``random_state``, ``desc``). Each row keeps its ``k + 1`` most similar rows
+    (itself included), negative similarities become 0, a self-loop of weight 1 is
+    added, the graph is symmetrised when ``sym`` and normalised so that every row
+    sums to 1 (``norm="row"``; ``"sym"``: symmetric normalisation).
 
     Returns
     -------
     scipy.sparse.csr_matrix
         ``n x n``, float32, with about ``k + 1`` to ``2 (k + 1)`` entries per row.
     """
-    if resolve_knn(knn, M.shape[0]) == "approx":
-        from ._ann import approximate_neighbours
-
-        indices, values = approximate_neighbours(M, k + 1, random_state=random_state, n_jobs=n_jobs)
-        np.maximum(values, 0, out=values)
-        return graph_from_neighbours(indices, values, sym=sym, norm=norm)
-    if hasattr(M, "iter_row_blocks") and not isinstance(M, np.ndarray) and not sp.issparse(M):
-        M = np.concatenate([block for _, block in M.iter_row_blocks(4096)])  # exact: all rows in memory
-    if sp.issparse(M):
-        M = sp.csr_matrix(M, dtype=np.float32)
-    else:
-        M = np.ascontiguousarray(M, dtype=np.float32)
-    executor = current_executor()
-    if executor is not None:  # same blocks and ranking, on the executor's workers
-        indices, values = executor.top_neighbours(M, k + 1)
-    else:
-        indices, values = top_neighbours(
-            _cosine_blocks(_row_normalised(M)), M.shape[0], k + 1,
-            exact=_exact_cosine(M),
-        )
-    np.maximum(values, 0, out=values)
+    indices, values = knn_neighbours(M, k, knn=knn, random_state=random_state, desc=desc)
     return graph_from_neighbours(indices, values, sym=sym, norm=norm)
 
 
-def _standardised_gram_blocks(
-    D: SliceStore, mean: np.ndarray, scale: np.ndarray, cell_chunk: int
-) -> Iterator[tuple[int, np.ndarray]]:
+def knn_neighbours(
+    M, k: int, *, knn: str = "exact", random_state: int | None = 0, desc: str = "neighbour search"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k + 1`` most cosine-similar rows of every row of ``M`` (itself included), similarities clipped at 0.
+
+    ``knn="exact"``: candidates are found with float32 products and ranked on exact
+    (float64) cosines. ``knn="approx"``: :func:`sccr._engine.ann.approximate_neighbours`
+    (candidates from a projection, scored with the exact cosine; ``random_state``
+    applies to it only). ``knn="auto"``: approximate from :data:`APPROX_MIN_CELLS`
+    rows on (:func:`resolve_knn`). ``M``: an array, a sparse matrix or a
+    :class:`~sccr._engine.matrix.Matrix` (the exact search reads it into memory).
+    Threads, the progress bar (``desc``) and a remote executor come from
+    :func:`sccr._engine.execution.current`.
+
+    Returns
+    -------
+    indices, values
+        ``n x (k + 1)`` int64 and float32, by decreasing similarity (ties: lower index first).
+    """
+    execution = current()
+    if resolve_knn(knn, M.shape[0]) == "approx":
+        from .ann import approximate_neighbours
+
+        indices, values = approximate_neighbours(M, k + 1, random_state=random_state, desc=desc)
+    else:
+        M = in_memory(M)
+        M = sp.csr_matrix(M, dtype=np.float32) if sp.issparse(M) else np.ascontiguousarray(M, dtype=np.float32)
+        n = M.shape[0]
+        n_blocks = -(-n // similarity_block_rows(n))
+        with execution.bar(desc, n_blocks) as bar:
+            if execution.remote is not None:  # same blocks and ranking, on the executor's workers
+                indices, values = execution.remote.top_neighbours(M, k + 1)
+                bar.update(n_blocks)
+            else:
+                indices, values = top_neighbours(
+                    _counted(_cosine_blocks(_row_normalised(M)), bar), n, k + 1, exact=_exact_cosine(M)
+                )
+    np.maximum(values, 0, out=values)
+    return indices, values
+
+
+def neighbour_distances(indices: np.ndarray, values: np.ndarray) -> sp.csr_matrix:
+    """Cosine distances (``1 - similarity``) from every row to its neighbours, itself excluded (scanpy's ``distances``)."""
+    n, m = indices.shape
+    rows = np.repeat(np.arange(n), m)
+    keep = indices.ravel() != rows
+    distance = np.maximum(1.0 - values.ravel()[keep], 0.0).astype(np.float32)
+    # An explicit zero would vanish from the sparse matrix: a duplicate at distance 0 keeps the smallest positive float.
+    distance[distance == 0] = np.finfo(np.float32).tiny
+    D = sp.csr_matrix((distance, (rows[keep], indices.ravel()[keep])), shape=(n, n), dtype=np.float32)
+    D.sort_indices()
+    return D
+
+
+def _counted(blocks: Iterator, bar) -> Iterator:
+    """``blocks``, advancing ``bar`` after each."""
+    for item in blocks:
+        yield item
+        bar.update()
+
+
+def _standardised_gram_blocks(D: Matrix, mean: np.ndarray, scale: np.ndarray, cell_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
     """Yield the gene-gene cosine matrix of the standardised columns of ``D`` in row blocks.
 
     The cosine of two standardised columns is their Pearson correlation; it is
     accumulated over chunks of cells in float64 so that ``D`` is never copied whole.
     """
     n, g = D.shape
-    block = max(1, min(g, SIMILARITY_BLOCK_ELEMENTS // (2 * max(g, 1))))
+    block = gene_block_rows(g)
     for start in range(0, g, block):
         stop = min(g, start + block)
         gram = np.zeros((stop - start, g), dtype=np.float64)
-        for _, rows in D.iter_row_blocks(cell_chunk):
+        for _, rows in D.row_blocks(cell_chunk):
             Z = ((rows - mean) / scale).astype(np.float64)
             gram += Z[:, start:stop].T @ Z
         yield start, gram
 
 
-def signed_gene_graph(
-    D: np.ndarray | SliceStore, mean: np.ndarray, scale: np.ndarray, k: int, *, cell_chunk: int = 4096
-) -> sp.csr_matrix:
+def gene_block_rows(n_genes: int) -> int:
+    """Genes per block of the gene-gene correlations."""
+    return max(1, min(n_genes, SIMILARITY_BLOCK_ELEMENTS // (2 * max(n_genes, 1))))
+
+
+def signed_gene_graph(D, mean: np.ndarray, scale: np.ndarray, k: int, *, cell_chunk: int = ROW_BLOCK) -> sp.csr_matrix:
     """Signed G x G gene graph equal to the 2G-node graph of scCR step 2c.
 
     ``knn([Z, -Z]^T, k, sym=True)`` is mirror-symmetric, so it is fully described
@@ -324,11 +356,23 @@ def signed_gene_graph(
     correlation (associating +, dissociating -). Rows are normalised by the sum
     of absolute weights, which is the row sum of the 2G-node graph.
     """
-    D = as_store(D)
+    indices, correlations = signed_gene_neighbours(D, mean, scale, k, cell_chunk=cell_chunk)
+    return graph_from_neighbours(indices, correlations, sym=True)
+
+
+def signed_gene_neighbours(
+    D, mean: np.ndarray, scale: np.ndarray, k: int, *, cell_chunk: int = ROW_BLOCK
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each gene's ``k + 1`` partners of largest absolute Pearson correlation over the columns of ``D`` (itself first).
+
+    Returns ``(indices, correlations)``, ``G x (k + 1)``, ranked as :func:`top_neighbours`
+    (signed); :func:`graph_from_neighbours` turns them into the signed gene graph.
+    """
+    D = as_matrix(D)
     g = D.shape[1]
     # Column norms of Z: diag of the Gram matrix, computed over cell chunks.
     norms = np.zeros(g, dtype=np.float64)
-    for _, rows in D.iter_row_blocks(cell_chunk):
+    for _, rows in D.row_blocks(cell_chunk):
         Z = (rows - mean) / scale
         norms += np.einsum("ij,ij->j", Z, Z, dtype=np.float64)
     norms = np.sqrt(norms)
@@ -339,6 +383,5 @@ def signed_gene_graph(
             corr = gram * inv[start : start + gram.shape[0], None] * inv[None, :]
             yield start, corr.astype(np.float32)
 
-    indices, values = top_neighbours(correlation_blocks(), g, k + 1, signed=True)
-    return graph_from_neighbours(indices, values, sym=True)
-
+    with current().bar("gene graph", -(-g // gene_block_rows(g))) as bar:
+        return top_neighbours(_counted(correlation_blocks(), bar), g, k + 1, signed=True)

@@ -1,5 +1,0 @@
-"""Preprocessing."""
-
-from ._preprocess import count_variance, preprocess_paper
-
-__all__ = ["count_variance", "preprocess_paper"]
