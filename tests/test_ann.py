@@ -59,6 +59,7 @@ def small_clusters(monkeypatch):
     monkeypatch.setattr(_ann, "CLUSTER_SIZE", 300)
 
 
+@pytest.mark.slow
 def test_recall_on_real_data(pbmc, small_clusters):
     # Measured 0.98 at 20k and 50k resampled cells (docs/knn.md); 0.95 is the contract.
     X, (_, values) = pbmc

@@ -487,6 +487,7 @@ sccr.cli.entry()
     (signal.SIGINT, 130, "interrupted"),
     (signal.SIGTERM, 143, "terminated"),
 ], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.slow
 def test_signal_during_write_leaves_nothing(signum, code, word, tmp_path):
     """A real Ctrl-C, or a scheduler's SIGTERM, while OUTPUT is half written."""
     src, before = write_input(tmp_path, expression())

@@ -97,6 +97,7 @@ def test_missing_optional_dependency_is_skipped(monkeypatch, counts_file, tmp_pa
     assert len(notices) == 1 and "skipping magic" in notices[0]
 
 
+@pytest.mark.filterwarnings("ignore:no non-zero value in:sccr.InputWarning")  # genes emptied by 80% dropout
 def test_figures_written(monkeypatch, counts_file, tmp_path):
     pytest.importorskip("matplotlib")
     pytest.importorskip("umap")

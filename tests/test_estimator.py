@@ -139,6 +139,8 @@ EXPECTED_FAILED_CHECKS = {
     "check_estimators_empty_data_messages": _OWN_WORDS,
     "check_fit2d_1sample": _OWN_WORDS + "; one cell has no neighbours (k + 1 cells are needed)",
     "check_fit2d_1feature": _OWN_WORDS + "; cosine similarity between cells needs at least 2 genes",
+    "check_dtype_object": "an object array of numbers is imputed; one holding other objects is refused with "
+    "sccr.InputError (a ValueError naming the dtype), where scikit-learn expects a TypeError",
 }
 
 

@@ -164,6 +164,7 @@ def test_signed_graph_independent_of_cell_chunk(D):
     np.testing.assert_allclose(whole.data, chunked.data, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_equivalence_on_real_data(bladder):
     """The graphs agree on mouse bladder after a 20% dropout (which leaves zero-variance genes)."""
     from sccr._evaluation import drop_entries
