@@ -54,7 +54,7 @@ test-min:
 
 # TODO(lead): drop --exit-zero after the ruff pass (and the `|| echo` after format --check).
 lint: $(VENV)/.installed-lint
-	$(BIN)/ruff check --exit-zero src tests benchmarks scripts ci docs
+	$(BIN)/ruff check --exit-zero --output-format concise src tests benchmarks scripts ci docs
 	$(BIN)/ruff format --check src tests benchmarks scripts ci docs \
 		|| echo "make lint: the files above need ruff format (not an error until the ruff pass)"
 
