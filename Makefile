@@ -77,4 +77,4 @@ benchmark: $(VENV)/.installed-benchmark
 	$(BIN)/python scripts/benchmark_vs_reference.py $(BENCHMARK_OUT)/results.jsonl --reference $(SHARED)/reference
 
 clean:
-	rm -rf $(VENV) $(MIN_VENV) build dist src/*.egg-info .pytest_cache docs/_build docs/jupyter_execute
+	rm -rf $(VENV) $(MIN_VENV) build dist src/*.egg-info .pytest_cache docs/_build docs/jupyter_execute docs/generated
