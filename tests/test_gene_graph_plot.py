@@ -6,6 +6,8 @@ import pytest
 
 pytest.importorskip("matplotlib")  # the [plot] extra; installed by `make test`
 
+import matplotlib.pyplot as plt  # noqa: E402
+
 import sccr  # noqa: E402
 from sccr.pl._gene_graph import COLOURS  # noqa: E402
 
@@ -26,6 +28,16 @@ def test_one_panel_per_gene_with_coloured_edges(imputed, tmp_path):
         assert colours == [COLOURS[s] for s in table["sign"]]
         texts = [t.get_text() for t in axis.texts]
         assert gene in texts and all(any(p in t for t in texts) for p in table["partner"])
+    plt.close("all")
+
+
+def test_shown_by_default_without_ax_or_save(imputed, monkeypatch):
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda: shown.append(True))
+    sccr.pl.gene_graph(imputed, "g0")
+    sccr.pl.gene_graph(imputed, "g0", show=False)
+    assert shown == [True]
+    plt.close("all")
 
 
 def test_bad_input(imputed):

@@ -21,6 +21,7 @@ def gene_graph(
     key: str = "sccr",
     ax=None,
     save: str | None = None,
+    show: bool | None = None,
 ):
     """Draw each gene with its partners in the signed gene graph: associating in blue, dissociating in red.
 
@@ -40,12 +41,15 @@ def gene_graph(
         A matplotlib Axes (one gene) or a sequence of them (one per gene); default: a new figure.
     save
         Write the figure to this path (any format matplotlib knows).
+    show
+        Show the figure (``plt.show()``); default: only when ``ax`` and ``save`` are not given
+        (in a notebook the figure then appears under the cell).
 
     Returns
     -------
     list of matplotlib.axes.Axes
     """
-    from matplotlib.figure import Figure
+    import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
     from ..get import gene_partners
@@ -55,8 +59,8 @@ def gene_graph(
         raise InputError("genes is empty; pass a gene name or a list of them")
     tables = [gene_partners(adata, gene, n=n, key=key) for gene in genes]
     if ax is None:
-        fig = Figure(figsize=(3.4 * len(genes), 3.6))
-        axes = list(np.atleast_1d(fig.subplots(1, len(genes))))
+        fig, axes = plt.subplots(1, len(genes), figsize=(3.4 * len(genes), 3.6), squeeze=False)
+        axes = list(axes[0])
     else:
         axes = list(np.atleast_1d(ax))
         if len(axes) != len(genes):
@@ -83,4 +87,6 @@ def gene_graph(
     axes[-1].legend(handles=handles, loc="lower right", fontsize=7, frameon=False, bbox_to_anchor=(1.05, -0.12))
     if save is not None:
         fig.savefig(save, dpi=150, bbox_inches="tight")
+    if show if show is not None else (ax is None and save is None):
+        plt.show()
     return axes
