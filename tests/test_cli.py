@@ -417,3 +417,38 @@ def test_output_folder_with_force_is_a_usage_error(workdir, capsys):
     assert code == 2
     assert_one_line_error(err)
     assert "internal fault" not in err
+
+
+# --- rough edges met as a new user ----------------------------------------------------------
+
+def test_output_of_another_format_is_refused(workdir, capsys):
+    code, _, err = run_cli(capsys, "impute", workdir / "in.h5ad", workdir / "out.csv", *FAST)
+    assert code == 2
+    assert_one_line_error(err, "must end in .h5ad", ".zarr", "out.h5ad")
+    assert files_in(workdir) == {"in.h5ad"}
+
+
+def test_paper_preprocessing_refuses_log_normalised_input(workdir, capsys):
+    code, _, err = run_cli(capsys, "impute", workdir / "in.h5ad", workdir / "out.h5ad", "--preprocess", "paper", *FAST)
+    assert code == 2
+    assert_one_line_error(err, "expects raw counts", "non-integer values", "--preprocess none")
+    assert files_in(workdir) == {"in.h5ad"}
+
+
+def test_options_are_checked_before_the_paper_preprocessing(workdir, capsys, monkeypatch):
+    monkeypatch.setattr("sccr._anndata.preprocess_paper", lambda *a, **k: pytest.fail("preprocessed before checking"))
+    code, _, err = run_cli(capsys, "impute", workdir / "in.h5ad", workdir / "out.h5ad", "--preprocess", "paper", "--k", "0")
+    assert code == 2
+    assert_one_line_error(err, "k must be an integer >= 1")
+
+
+def test_help_names_both_formats(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert ".h5ad or .zarr in, .h5ad or .zarr out" in " ".join(capsys.readouterr().out.split())
+
+
+def test_impute_on_a_matrix_points_to_the_array_api(workdir):
+    adata = ad.read_h5ad(workdir / "in.h5ad")
+    with pytest.raises(sccr.InputError, match=r"sccr.impute takes an AnnData, got csr_matrix; .*sccr.SCCR\(\).fit_transform\(X\)"):
+        sccr.impute(adata.X)
