@@ -438,12 +438,18 @@ def _merge_new(indices, values, cptr, cidx, csim):  # pragma: no cover - numba
         sim[:m] = values[i]
         idx[m:] = cidx[cptr[i] : cptr[i + 1]]
         sim[m:] = csim[cptr[i] : cptr[i + 1]]
-        by_index = np.argsort(idx)
-        key = -sim[by_index].astype(np.float64)
-        best = by_index[np.argsort(key, kind="mergesort")]
-        for t in range(m):
-            indices[i, t] = idx[best[t]]
-            values[i, t] = sim[best[t]]
+        _write_best(i, idx, sim, m, indices, values)
+
+
+@njit(cache=True)
+def _write_best(i, idx, sim, m, indices, values):  # pragma: no cover - numba
+    """Row ``i`` of ``indices``/``values``: the best ``m`` of candidates ``idx`` by (similarity desc, index asc)."""
+    by_index = np.argsort(idx)
+    key = -sim[by_index].astype(np.float64)
+    best = by_index[np.argsort(key, kind="mergesort")]
+    for t in range(m):
+        indices[i, t] = idx[best[t]]
+        values[i, t] = sim[best[t]]
 
 
 @njit(parallel=True, cache=True)
@@ -453,12 +459,7 @@ def _merge_top(cptr, cidx, csim, m, indices, values):  # pragma: no cover - numb
     for i in prange(n):
         idx = cidx[cptr[i] : cptr[i + 1]]
         sim = csim[cptr[i] : cptr[i + 1]]
-        by_index = np.argsort(idx)
-        key = -sim[by_index].astype(np.float64)
-        best = by_index[np.argsort(key, kind="mergesort")]
-        for t in range(m):
-            indices[i, t] = idx[best[t]]
-            values[i, t] = sim[best[t]]
+        _write_best(i, idx, sim, m, indices, values)
 
 
 @njit(parallel=True, cache=True)
