@@ -69,7 +69,7 @@ def _load(size: str, matrix: str):
 def _recall(indices, M, size: str, matrix: str, rows: int | None = None) -> float | None:
     import numpy as np
 
-    from sccr._graph import _exact_cosine
+    from sccr._engine.graph import _exact_cosine
 
     path = WORK / f"exact_{matrix}_{size}.npz"
     if rows is not None or not path.exists():
@@ -79,61 +79,69 @@ def _recall(indices, M, size: str, matrix: str, rows: int | None = None) -> floa
     return float((sims >= threshold).sum(axis=1).clip(max=K1).mean() / K1)
 
 
-class Streamed:
-    """A dense in-memory matrix read only through ``iter_row_blocks`` (as a store on disk)."""
+def _sources():
+    """The two matrices read in row blocks, as :class:`sccr._engine.matrix.Matrix` subclasses
+    (made here so that ``run`` and ``table`` do not import sccr)."""
+    import numpy as np
 
-    def __init__(self, M):
-        self._M = M
-        self.shape = M.shape
+    from sccr._engine.matrix import ROW_BLOCK, Matrix
 
-    def iter_row_blocks(self, rows):
-        for start in range(0, self.shape[0], rows):
-            yield start, self._M[start : start + rows]
+    class Streamed(Matrix):
+        """A dense in-memory matrix read only through ``row_blocks`` (as a store on disk; the
+        exact scoring gathers its column slices from one pass over the row blocks)."""
 
+        def __init__(self, M):
+            self._M = M
+            self.shape = M.shape
 
-class Synthetic:
-    """``n`` dense rows made on the fly: rows of D0 (50k) drawn with replacement, every entry
-    times ``1 + 0.1 z`` (z normal): a smooth dense matrix of any size that is never held whole."""
+        def row_blocks(self, rows=ROW_BLOCK):
+            for start in range(0, self.shape[0], rows):
+                yield start, self._M[start : start + rows]
 
-    def __init__(self, base, n: int, seed: int = 0):
-        import numpy as np
+    class Synthetic(Matrix):
+        """``n`` dense rows made on the fly: rows of D0 (50k) drawn with replacement, every entry
+        times ``1 + 0.1 z`` (z normal): a smooth dense matrix of any size that is never held whole."""
 
-        self.base = base
-        self.shape = (n, base.shape[1])
-        self.rows = np.random.default_rng(seed).integers(0, base.shape[0], size=n)
-        self.seed = seed
+        def __init__(self, base, n: int, seed: int = 0):
+            self.base = base
+            self.shape = (n, base.shape[1])
+            self.rows = np.random.default_rng(seed).integers(0, base.shape[0], size=n)
+            self.seed = seed
 
-    def iter_row_blocks(self, rows):
-        import numpy as np
+        def row_blocks(self, rows=ROW_BLOCK):
+            for start in range(0, self.shape[0], rows):
+                stop = min(self.shape[0], start + rows)
+                rng = np.random.default_rng([self.seed, start])
+                block = self.base[self.rows[start:stop]]
+                yield start, (block * (1 + 0.1 * rng.standard_normal(block.shape, dtype=np.float32))).astype(np.float32)
 
-        for start in range(0, self.shape[0], rows):
-            stop = min(self.shape[0], start + rows)
-            rng = np.random.default_rng([self.seed, start])
-            block = self.base[self.rows[start:stop]]
-            yield start, (block * (1 + 0.1 * rng.standard_normal(block.shape, dtype=np.float32))).astype(np.float32)
+    return Streamed, Synthetic
 
 
 # --------------------------------------------------------------------------- cases
 def case_ours(size, matrix, *, streamed=False, rows=None, refine=None, n_jobs=2, **_):
-    from sccr import _ann
+    from sccr._engine import ann
+    from sccr._engine.execution import Execution, executing
 
+    Streamed, Synthetic = _sources()
     if refine is not None:
-        _ann.N_REFINE = refine
+        ann.N_REFINE = refine
     if matrix == "synthetic":
         M = Synthetic(_load("50k", "D0"), SIZES[size])
     else:
         M = _load(size, matrix)
         if rows:
             M = M[:rows]
-    _ann.approximate_neighbours(_load("20k", "X")[:500], K1, random_state=0, n_jobs=n_jobs)  # compile
-    src = Streamed(M) if streamed else M
-    (indices, _), seconds, rss, base = _measure(lambda: _ann.approximate_neighbours(src, K1, random_state=0, n_jobs=n_jobs))
+    with executing(Execution(n_jobs=n_jobs)):  # n_jobs threads for BLAS and numba
+        ann.approximate_neighbours(_load("20k", "X")[:500], K1, random_state=0)  # compile
+        src = Streamed(M) if streamed else M
+        (indices, _), seconds, rss, base = _measure(lambda: ann.approximate_neighbours(src, K1, random_state=0))
     return {"seconds": seconds, "peak_rss_added_mib": rss, "rss_before_mib": base,
-            "stages": dict(_ann.last_timings), "recall": _recall(indices, M, size, matrix, rows)}
+            "stages": dict(ann.last_timings), "recall": _recall(indices, M, size, matrix, rows)}
 
 
 def case_exact(size, matrix, *, rows=None, **_):
-    from sccr._graph import _cosine_blocks, _exact_cosine, _row_normalised, top_neighbours
+    from sccr._engine.graph import _cosine_blocks, _exact_cosine, _row_normalised, top_neighbours
 
     M = _load(size, matrix)
     if rows:
@@ -166,21 +174,23 @@ def case_hnswlib(size, matrix, *, n_jobs=2, **_):
     import hnswlib
     import numpy as np
 
-    from sccr import _ann
+    from sccr._engine import ann
+    from sccr._engine.execution import Execution, executing
+    from sccr._engine.matrix import as_matrix
 
     M = _load(size, matrix)
 
     def go():
         rng = np.random.default_rng(0)
         t0 = time.perf_counter()
-        src = _ann.as_row_blocks(M)
-        P, norms = _ann.project(src, _ann.N_COMPONENTS, rng)
+        src = as_matrix(M)
+        P, norms = ann.project(src, ann.N_COMPONENTS, rng)
         t1 = time.perf_counter()
         index = hnswlib.Index(space="ip", dim=P.shape[1])
         index.init_index(max_elements=P.shape[0], ef_construction=100, M=16, random_seed=0)
         index.add_items(P, num_threads=1)  # one thread: the insertion order fixes the graph
         index.set_ef(96)
-        labels, _ = index.knn_query(P, k=_ann.N_CANDIDATES, num_threads=n_jobs)
+        labels, _ = index.knn_query(P, k=ann.N_CANDIDATES, num_threads=n_jobs)
         t2 = time.perf_counter()
         cand = np.concatenate([np.arange(P.shape[0])[:, None], labels.astype(np.int64)], axis=1)
         cand.sort(axis=1)
@@ -188,45 +198,41 @@ def case_hnswlib(size, matrix, *, n_jobs=2, **_):
         keep[:, 1:] = cand[:, 1:] != cand[:, :-1]
         ptr = np.r_[0, np.cumsum(keep.sum(axis=1))].astype(np.int64)
         idx = cand[keep]
-        sims = _ann._Scorer(src, norms, np.arange(P.shape[0]))(ptr, idx)
+        sims = ann._Scorer(src, norms, np.arange(P.shape[0]))(ptr, idx)
         ind = np.empty((P.shape[0], K1), dtype=np.int64)
         val = np.empty((P.shape[0], K1), dtype=np.float32)
-        _ann._merge_top(ptr, idx, sims, K1, ind, val)
+        ann._merge_top(ptr, idx, sims, K1, ind, val)
         return ind, {"project": t1 - t0, "hnsw_build_query": t2 - t1, "score": time.perf_counter() - t2}
 
-    import numba
-
-    numba.set_num_threads(n_jobs)
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=n_jobs):
+    with executing(Execution(n_jobs=n_jobs)):  # n_jobs threads for BLAS and numba
         (indices, stages), seconds, rss, base = _measure(go)
     return {"seconds": seconds, "peak_rss_added_mib": rss, "rss_before_mib": base, "stages": stages,
             "recall": _recall(indices, M, size, matrix)}
 
 
 def exact_lists(M):
-    from sccr._graph import _cosine_blocks, _exact_cosine, _row_normalised, top_neighbours
+    from sccr._engine.graph import _cosine_blocks, _exact_cosine, _row_normalised, top_neighbours
 
     return top_neighbours(_cosine_blocks(_row_normalised(M)), M.shape[0], K1, exact=_exact_cosine(M))
 
 
 def case_ari(dataset, *, mode, seeds=(0, 1, 2), n_jobs=2, **_):
-    import functools
-
     import numpy as np
     from threadpoolctl import threadpool_limits
 
-    import sccr._pipeline as pipeline
-    from sccr import _ann
-    from sccr._benchmark import load_dataset
+    from sccr._benchmark.runner import load_dataset
+    from sccr._engine import ann
+    from sccr._engine import prepare as prepare_run
+    from sccr._engine.execution import Execution, executing
+    from sccr._engine.graph import _exact_cosine
     from sccr._evaluation import clustering_scores
-    from sccr._graph import knn_graph
+    from sccr._options import Options
 
-    if mode != "exact":
-        pipeline.knn_graph = functools.partial(knn_graph, knn="approx", random_state=0, n_jobs=n_jobs)
-        if mode == "approx_cluster300":
-            _ann.CLUSTER_SIZE = 300
+    # Approximate modes: every cell graph of the pipeline (the intermediate ones and the final one)
+    # by the approximate search, seed 0; exact modes: knn="auto", exact below 20,000 cells.
+    knn = "auto" if mode in ("exact", "exact_perturbed") else "approx"
+    if mode == "approx_cluster300":
+        ann.CLUSTER_SIZE = 300
     data = load_dataset(SHARED / "data" / f"{dataset}.h5ad", label_key="celltype", genes_dir=SHARED / "reference")
     recall = None
     if mode == "exact_perturbed":  # the exact pipeline on X times (1 + 1e-4 z): how much KMeans moves anyway
@@ -234,16 +240,16 @@ def case_ari(dataset, *, mode, seeds=(0, 1, 2), n_jobs=2, **_):
         X.data *= 1 + 1e-4 * np.random.default_rng(0).standard_normal(X.data.size).astype(np.float32)
         data.X = X
     elif mode != "exact":  # recall@16 of the first graph's lists (on X)
-        from sccr._ann import approximate_neighbours
-
-        indices, _ = approximate_neighbours(data.X, K1, random_state=0, n_jobs=n_jobs)
+        with executing(Execution(n_jobs=n_jobs)):
+            indices, _ = ann.approximate_neighbours(data.X, K1, random_state=0)
         threshold = exact_lists(data.X)[1][:, -1:]
-        from sccr._graph import _exact_cosine
-
         sims = _exact_cosine(data.X)(0, indices)
         recall = float((sims >= threshold).sum(axis=1).clip(max=K1).mean() / K1)
-    params = pipeline.Params(method="sccr", n_jobs=n_jobs, sym_final=dataset != "worm_neuron")
-    result, seconds, rss, _ = _measure(lambda: pipeline.run(data.X, params))
+    options = Options(method="sccr", knn=knn, random_state=0, n_jobs=n_jobs, progress=False, sym_final=dataset != "worm_neuron")
+    with prepare_run(data.X, options) as job:  # checks and memory plan outside the measured span
+        result, seconds, rss, _ = _measure(job.execute)
+    if result.decisions.knn_used != ("exact" if knn == "auto" else "approx"):
+        raise RuntimeError(f"mode {mode} ran the {result.decisions.knn_used} search")
     scores = []
     with threadpool_limits(limits=1):
         for seed in seeds:
@@ -288,8 +294,9 @@ def prepare() -> None:
     import scipy.sparse as sp
 
     import sccr
-    from sccr._graph import _cosine_blocks, _exact_cosine, _row_normalised, knn_graph, top_neighbours
-    from sccr._propagation import propagate
+    from sccr._engine.execution import Execution, executing
+    from sccr._engine.graph import _cosine_blocks, _exact_cosine, _row_normalised, knn_graph, top_neighbours
+    from sccr._engine.propagation import propagate
 
     WORK.mkdir(parents=True, exist_ok=True)
     for size, n in SIZES.items():
@@ -304,7 +311,9 @@ def prepare() -> None:
             X = sp.load_npz(WORK / f"X_{size}.npz")
             idx, val = top_neighbours(_cosine_blocks(_row_normalised(X)), n, K1, exact=_exact_cosine(X))
             np.savez(WORK / f"exact_X_{size}.npz", idx=idx, val=val)
-            D0 = np.ascontiguousarray(propagate(knn_graph(X, 15, sym=True), X, 40, hard=True, n_jobs=2), dtype=np.float32)
+            A = knn_graph(X, 15, sym=True)
+            with executing(Execution(n_jobs=2)):
+                D0 = np.ascontiguousarray(propagate(A, X, 40, hard=True), dtype=np.float32)
             np.save(WORK / f"D0_{size}.npy", D0)
             idx, val = top_neighbours(_cosine_blocks(_row_normalised(D0)), n, K1, exact=_exact_cosine(D0))
             np.savez(WORK / f"exact_D0_{size}.npz", idx=idx, val=val)

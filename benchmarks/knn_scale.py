@@ -8,7 +8,7 @@ Inputs: ``WORK/cells_N.h5ad`` as ``benchmarks/scaling.py`` makes them (pbmc4k_to
 resampled, ``benchmarks/resample.py``), preprocessed with ``sccr.pp.preprocess_paper``.
 ``--matrix x`` searches the sparse log-normalised X, as the first cell graph does;
 ``--matrix d0`` the dense hard propagation of X on its approximate graph, as the later
-graphs see. ``--set`` changes constants of ``sccr._ann`` for the run (e.g.
+graphs see. ``--set`` changes constants of ``sccr._engine.ann`` for the run (e.g.
 ``--set N_REFINE=1 --set MAX_CLUSTER_FACTOR=1000000`` is the search before cluster
 splitting and the second NN-descent round).
 
@@ -32,9 +32,11 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from sccr import _ann, pp
-from sccr._graph import knn_graph
-from sccr._propagation import propagate
+from sccr import pp
+from sccr._engine import ann
+from sccr._engine.execution import Execution, executing
+from sccr._engine.graph import knn_graph
+from sccr._engine.propagation import propagate
 
 HERE = Path(__file__).resolve().parent
 QUERIES, QUERY_BLOCK, K1 = 2000, 250, 16
@@ -43,8 +45,8 @@ QUERIES, QUERY_BLOCK, K1 = 2000, 250, 16
 def load(path: Path, matrix: str):
     X = sp.csr_matrix(pp.preprocess_paper(ad.read_h5ad(path)).X, dtype=np.float32)
     if matrix == "d0":
-        A = knn_graph(X, 15, sym=True, knn="approx", random_state=0, n_jobs=2)
-        return propagate(A, X, 40, hard=True, n_jobs=2)
+        A = knn_graph(X, 15, sym=True, knn="approx", random_state=0)
+        return propagate(A, X, 40, hard=True)
     return X
 
 
@@ -81,24 +83,25 @@ def main() -> None:
     overrides = {}
     for item in args.set:
         name, value = item.split("=")
-        if not hasattr(_ann, name):
-            raise SystemExit(f"sccr._ann has no constant {name}")
+        if not hasattr(ann, name):
+            raise SystemExit(f"sccr._engine.ann has no constant {name}")
         overrides[name] = int(value)
-        setattr(_ann, name, int(value))
+        setattr(ann, name, int(value))
     records = json.loads(args.out.read_text())["runs"] if args.out.exists() else []
     for n in (int(s) for s in args.sizes.split(",")):
-        M = load(args.work / f"cells_{n}.h5ad", args.matrix)
-        start = time.perf_counter()
-        indices, _ = _ann.approximate_neighbours(M, K1, random_state=0, n_jobs=2)
-        seconds = time.perf_counter() - start
+        with executing(Execution(n_jobs=2)):  # 2 threads for BLAS and numba, restored after
+            M = load(args.work / f"cells_{n}.h5ad", args.matrix)
+            start = time.perf_counter()
+            indices, _ = ann.approximate_neighbours(M, K1, random_state=0)
+            seconds = time.perf_counter() - start
         recall, ratio = quality(M, indices)
         record = {"label": args.label, "overrides": overrides, "matrix": args.matrix, "cells": n, "seconds": seconds,
-                  "recall16": recall, "similarity_ratio": ratio, "stages": dict(_ann.last_timings)}
+                  "recall16": recall, "similarity_ratio": ratio, "stages": dict(ann.last_timings)}
         records = [r for r in records if (r["label"], r["matrix"], r["cells"]) != (args.label, args.matrix, n)] + [record]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"runs": records}, indent=1) + "\n")
         print(f"{args.label:>10} {args.matrix:>3} {n:>8} cells: {seconds:7.1f} s, recall@16 {recall:.4f}, "
-              f"similarity ratio {ratio:.5f}, stages {({k: round(v, 1) for k, v in _ann.last_timings.items()})}", flush=True)
+              f"similarity ratio {ratio:.5f}, stages {({k: round(v, 1) for k, v in ann.last_timings.items()})}", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,12 @@ Each case runs in a fresh process: it imports sccr and warms numba on a tiny
 input, loads and preprocesses a data set (the paper's preprocessing; Worm Neuron
 also tiled 5 times over its cells, and PBMC 4k resampled to 100,000 cells with
 ``benchmarks/resample.py``, to see how the estimate scales), validates it,
-resets the process's peak RSS (``/proc/self/clear_refs``) and runs the pipeline,
-in memory or out of core (scratch files). The neighbour search is the default
+resets the process's peak RSS (``/proc/self/clear_refs``) and runs the pipeline's stages
+(``sccr._engine.pipeline.run_stages``, as ``Job.execute`` does), in memory or out of
+core (scratch files), whatever the memory plan would choose. The neighbour search is the default
 (``knn="auto"``: approximate from 20,000 cells on). "Measured" is the peak RSS
 during the run minus the RSS just before it, which is what
-``sccr._memory.estimate_peak_bytes`` predicts. Linux only.
+``sccr._engine.memory.estimate_peak_bytes`` predicts. Linux only.
 """
 
 from __future__ import annotations
@@ -53,11 +54,13 @@ def one_case(dataset: str, n_genes: int, cells: str, method: str, layout: str, w
     import scipy.sparse as sp
 
     import sccr
-    from sccr._graph import resolve_knn
-    from sccr._memory import estimate_peak_bytes
-    from sccr._pipeline import run
-    from sccr._store import Workspace
-    from sccr._validation import check_expression, check_params
+    from sccr._engine.checks import check_expression
+    from sccr._engine.execution import Execution, executing
+    from sccr._engine.graph import resolve_knn
+    from sccr._engine.matrix import Workspace
+    from sccr._engine.memory import estimate_peak_bytes
+    from sccr._engine.pipeline import run_stages
+    from sccr._options import Options
 
     rng = np.random.default_rng(0)
     sccr.SCCR(k=3, n_iter=1, n_jobs=n_jobs, method=method).fit(rng.random((20, 8), dtype=np.float32))
@@ -72,19 +75,20 @@ def one_case(dataset: str, n_genes: int, cells: str, method: str, layout: str, w
     del adata
     if layout == "dense":
         X = X.toarray()
-    p = check_params(method=method, k=15, k_gene=2, n_iter=40, alpha=0.05, beta=0.99, gamma=0.01,
-                     sym_final=True, knn="auto", n_jobs=n_jobs, progress=False)
+    p = Options(method=method, k=15, k_gene=2, n_iter=40, alpha=0.05, beta=0.99, gamma=0.01,
+                sym_final=True, knn="auto", n_jobs=n_jobs, progress=False)
     X = check_expression(X, p.k)
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
     before = _status_kib("VmRSS") * 1024
-    with Workspace(out_of_core=where == "scratch") as workspace:
-        run(X, p, workspace=workspace)
+    # The stages as Job.execute runs them, in the layout this case asks for (not the one the memory plan would pick).
+    with Workspace(out_of_core=where == "scratch") as workspace, executing(Execution(n_jobs=p.n_jobs)):
+        run_stages(X, p, workspace=workspace)
     measured = _status_kib("VmHWM") * 1024 - before
     n, g = X.shape
     knn = resolve_knn(p.knn, n)
     estimate = estimate_peak_bytes(n, g, X.nnz if sp.issparse(X) else None, method=method, k=15, k_gene=2,
-                                   n_jobs=n_jobs, out_of_core=where == "scratch", exact=knn == "exact")
+                                   n_jobs=p.n_jobs, out_of_core=where == "scratch", exact=knn == "exact")
     name = dataset + {"": "", "x": f" x{cells[1:]}", "r": f" resampled to {cells[1:]}"}[cells[:1]]
     return {"dataset": name, "cells": n, "genes": g, "method": method, "layout": layout, "where": where, "knn": knn,
             "measured_mib": measured / 2**20, "estimate_mib": estimate / 2**20, "estimate_over_measured": estimate / measured}

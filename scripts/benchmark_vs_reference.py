@@ -15,7 +15,7 @@ import json
 import re
 from pathlib import Path
 
-from sccr._benchmark import read_records
+from sccr._benchmark.runner import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = (("ari", "ari"), ("nmi", "nmi"), ("ca", "ca"), ("mae", "rmse_official"), ("rmse", "rmse_true"))
