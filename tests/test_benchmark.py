@@ -182,3 +182,32 @@ def test_peak_rss_sees_an_allocation():
         block = np.ones(200 * 1024**2 // 8)
         del block
     assert rss.peak_mb > before.peak_mb + 150
+
+
+def test_rerun_says_how_many_records_it_skipped(counts_file, tmp_path):
+    out, notices = tmp_path / "out", []
+    first = run(counts_file, out)
+    run(counts_file, out, echo=notices.append)
+    assert notices == [f"sccr: notice: {len(first)} of {len(first)} records were already in {out / 'results.jsonl'} "
+                       "and were skipped (--force recomputes them)"]
+
+
+@pytest.mark.filterwarnings("ignore:no non-zero value in:sccr.InputWarning")
+def test_figures_show_only_what_ran(monkeypatch, counts_file, tmp_path):
+    """A subset of methods and tasks: no empty row, column or bar; legends for types and methods; 150 dpi."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("umap")
+    from sccr._benchmark import figures
+
+    monkeypatch.setattr(_benchmark, "_umap", lambda M, seed: M[:, :2].astype(np.float32))
+    saved = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: saved.__setitem__(path.name, fig))
+    run(counts_file, tmp_path / "out", methods=["raw", "sccr"], tasks=["clustering"], figures=True)
+    umap = saved["umap_tiny.png"]
+    assert len(umap.axes) == 2 and [t.get_text() for t in umap.legends[0].texts] == ["0", "1", "2"]
+    edges = saved["gene_edges.png"]
+    assert [t.get_text() for t in edges.axes[0].get_xticklabels()] == ["data (top |r|)", "scCR graph"]
+    assert [t.get_text() for t in edges.legends[0].texts] == ["associating (r > 0)", "dissociating (r < 0)"]
+    times = saved["time_vs_cells.png"]
+    assert [t.get_text() for t in times.axes[0].get_xticklabels()] == ["raw", "sccr"]  # one size: bars per method
+    assert "errors_tiny.png" not in saved and figures.DPI >= 150

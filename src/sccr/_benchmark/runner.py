@@ -253,6 +253,7 @@ def benchmark(
     done = {record_key(r) for r in read_records(results)}
     n_units = sum(len(seeds) * (1 if t == "clustering" else len(rates)) for t in tasks) * len(loaded) * len(methods)
     common = {"label_key": label_key, "n_jobs": n_jobs, "versions": versions()}
+    skipped = 0
     with tqdm(total=n_units, desc="benchmark", unit="run", disable=not (someone_watching() if progress is None else progress)) as bar:
         for data in loaded:
             clustering_runs: dict[str, dict] = {}  # method -> its one imputation of the undropped data
@@ -264,9 +265,13 @@ def benchmark(
                             bar.set_postfix_str(f"{data.name} {task} {rate} s{seed} {method}")
                             base = {"dataset": data.name, "method": method, "task": task, "rate": rate, "seed": seed,
                                     "params": method_params(method, data.name, task), "preprocess": data.preprocess, **common}
-                            if record_key(base) not in done:
+                            if record_key(base) in done:
+                                skipped += 1
+                            else:
                                 _append(results, _evaluate(base, data, dropped, clustering_runs, out=out, figures=figures, seeds=seeds))
                             bar.update()
+    if skipped:
+        echo(f"sccr: notice: {skipped} of {n_units} records were already in {results} and were skipped (--force recomputes them)")
     records = read_records(results)
     write_report(records, out, figures=figures, echo=echo)
     return records
