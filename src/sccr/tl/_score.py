@@ -9,6 +9,7 @@ predict. docs/trust.md gives every formula.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import warnings
@@ -227,9 +228,14 @@ def expected_log1p(lam: np.ndarray) -> np.ndarray:
     return out
 
 
-def _lambda_grid(max_value: float) -> np.ndarray:
-    top = max(float(np.expm1(max_value)) * 4 + 10, 10.0)
-    return np.concatenate([[0.0], np.geomspace(1e-6, top, 4000)])
+#: Poisson means on which ``E[log1p(Poisson)]`` is tabulated for the corrections (0, then 1e-6 to 1e7).
+_GRID = np.concatenate([[0.0], np.geomspace(1e-6, 1e7, 6000)])
+
+
+@functools.lru_cache(maxsize=32)
+def _curve(scale: float) -> np.ndarray:
+    """``E[log1p(Poisson(scale * mu))]`` over :data:`_GRID` (computed once per scale)."""
+    return expected_log1p(_GRID * scale)
 
 
 def convert_log1p(values: np.ndarray, a: float, b: float) -> np.ndarray:
@@ -243,15 +249,12 @@ def convert_log1p(values: np.ndarray, a: float, b: float) -> np.ndarray:
     values = np.asarray(values)
     if a == b:
         return values
-    grid = _lambda_grid(float(values.max()) if values.size else 1.0)
-    return np.interp(np.maximum(values, 0), expected_log1p(grid * a), expected_log1p(grid * b)).astype(np.float32)
+    return np.interp(np.maximum(values, 0), _curve(float(a)), _curve(float(b))).astype(np.float32)
 
 
 def invert_log1p(values: np.ndarray) -> np.ndarray:
     """The Poisson mean ``mu`` with ``E[log1p(Poisson(mu))] = value`` (0 for values <= 0)."""
-    values = np.asarray(values)
-    grid = _lambda_grid(float(values.max()) if values.size else 1.0)
-    return np.interp(np.maximum(values, 0), expected_log1p(grid), grid)
+    return np.interp(np.maximum(np.asarray(values), 0), _curve(1.0), _GRID)
 
 
 class _MCVData:

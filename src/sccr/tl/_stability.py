@@ -34,12 +34,19 @@ def jitter_matrix(X, *, ulps: float, random_state: int | None):
 
     rng = np.random.default_rng(random_state)
     eps = np.finfo(np.float32).eps
+
+    def factors(n: int) -> np.ndarray:  # one per non-zero, in row-major order (dense and sparse alike)
+        return (1 + ulps * eps * rng.uniform(-1, 1, n)).astype(np.float32)
+
     if sp.issparse(X):
         Y = sp.csr_matrix(X, dtype=np.float32, copy=True)
-        Y.data *= (1 + ulps * eps * rng.uniform(-1, 1, Y.data.shape)).astype(np.float32)
+        Y.sum_duplicates()
+        Y.eliminate_zeros()
+        Y.data *= factors(Y.nnz)
         return Y
     Y = np.array(X, dtype=np.float32)
-    Y *= (1 + ulps * eps * rng.uniform(-1, 1, Y.shape)).astype(np.float32)
+    where = np.nonzero(Y)
+    Y[where] *= factors(len(where[0]))
     return Y
 
 
@@ -138,7 +145,7 @@ def stability(
         Writes ``obs[key_added + '_neighbours_changed']`` (largest number over the runs
         of final cell-graph neighbours that changed), ``obs[key_added + '_max_change']``
         (largest absolute change of the cell's imputed row over genes and runs) and
-        ``uns[key_added]`` (the returned summary).
+        ``uns[key_added]`` (the returned summary; ``runs`` as a DataFrame, so that it can be written to .h5ad).
     n_jobs, progress
         Threads; progress bar over the runs (``None``: on a terminal).
     keep_runs
@@ -268,7 +275,11 @@ def stability(
     }
     adata.obs[f"{key_added}_neighbours_changed"] = changed
     adata.obs[f"{key_added}_max_change"] = max_change
-    adata.uns[key_added] = summary
+    import pandas as pd
+
+    from ._tune import _safe
+
+    adata.uns[key_added] = {**_safe({k: v for k, v in summary.items() if k != "runs"}), "runs": pd.DataFrame(runs)}
     out = dict(summary)
     if keep_runs:
         out["runs_imputed"] = kept

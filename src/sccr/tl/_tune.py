@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import json
 import os
 import time
@@ -265,7 +266,7 @@ def tune(
     _check_int("max_sweeps", max_sweeps, 1)
     check_key_added(key_added, layer)
     show = resolve_progress(progress)
-    say = echo if echo is not None else ((lambda msg: tqdm.write(f"sccr tune: {msg}")) if show else (lambda msg: None))
+    say = echo if echo is not None else ((lambda msg: tqdm.write(f"sccr tune: {msg}", file=sys.stderr)) if show else (lambda msg: None))
 
     start_time = time.perf_counter()
     scorer = Scorer(
