@@ -34,6 +34,8 @@ METHOD_KEYS = {
 }
 #: Published defaults of :func:`sccr.impute`.
 DEFAULTS = {"k": 15, "k_gene": 2, "n_iter": 40, "alpha": 0.05, "beta": 0.99, "gamma": 0.01, "sym_final": True, "knn": "auto"}
+#: Fraction of the molecules in the half that is imputed (Batson et al.'s ``p``); docs/trust.md says why 0.9.
+DEFAULT_SPLIT = 0.9
 #: Smallest predicted count in the Poisson loss (a prediction of exactly 0 for an observed count has infinite loss).
 POISSON_FLOOR = 1e-4
 #: Bytes of scCR outputs a :class:`Scorer` keeps to derive other values of ``gamma`` without a run.
@@ -341,7 +343,7 @@ class Scorer:
 
     def __init__(
         self, adata, *, strategy: str = "auto", layer: str | None = None, counts_layer: str | None = None,
-        random_state: int | None = 0, n_jobs: int | None = None, split: float = 0.5, mask_rate: float = 0.1,
+        random_state: int | None = 0, n_jobs: int | None = None, split: float = DEFAULT_SPLIT, mask_rate: float = 0.1,
     ) -> None:
         from .._validation import _check_fraction, _check_seed
 
@@ -416,7 +418,7 @@ def score(
     counts_layer: str | None = None,
     random_state: int | None = 0,
     n_jobs: int | None = None,
-    split: float = 0.5,
+    split: float = DEFAULT_SPLIT,
     mask_rate: float = 0.1,
     null: bool = False,
     null_threshold: float = 0.5,
@@ -455,7 +457,11 @@ def score(
     n_jobs
         Threads of the imputation.
     split, mask_rate
-        Fraction of the molecules in half 1; fraction of the observed entries held out.
+        Fraction of the molecules in half 1 (default :data:`DEFAULT_SPLIT` = 0.9: the loss then
+        measures denoising at nearly the depth of the data, so the amount of smoothing it
+        chooses is nearly the one right for the data itself; 0.5 gives two halves of equal
+        depth and chooses more smoothing, see docs/trust.md); fraction of the observed
+        entries held out.
     null
         Also run :func:`null_check` with the same setting (result under ``"null"``).
     null_threshold

@@ -193,7 +193,7 @@ def tune(
     search: str = "auto",
     max_imputations: int = 16,
     max_sweeps: int = 2,
-    split: float = 0.9,
+    split: float | None = None,
     mask_rate: float = 0.1,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = True,
@@ -217,8 +217,7 @@ def tune(
         The method when the grid has no ``method`` key.
     strategy, layer, counts_layer, random_state, n_jobs, split, mask_rate
         As in :func:`sccr.tl.score`; one split (or mask) is shared by every setting.
-        ``split`` defaults to 0.9 here (docs/trust.md: the chosen amount of smoothing is
-        then closer to the one right for the full data).
+        ``split=None`` is :data:`sccr.tl._score.DEFAULT_SPLIT` (0.9).
     search
         ``"grid"``: every setting; ``"coordinate"``: from the published defaults, one
         option at a time over its values (the others fixed at the best so far), for up
@@ -252,7 +251,7 @@ def tune(
 
     from .._progress import resolve_progress
     from .._validation import InputError, _check_int, check_key_added
-    from ._score import DEFAULTS, METHOD_KEYS, Scorer, check_method
+    from ._score import DEFAULT_SPLIT, DEFAULTS, METHOD_KEYS, Scorer, check_method
 
     grid = check_grid(grid)
     if "method" not in grid:
@@ -271,7 +270,7 @@ def tune(
     start_time = time.perf_counter()
     scorer = Scorer(
         adata, strategy=strategy, layer=layer, counts_layer=counts_layer,
-        random_state=random_state, n_jobs=n_jobs, split=split, mask_rate=mask_rate,
+        random_state=random_state, n_jobs=n_jobs, split=DEFAULT_SPLIT if split is None else split, mask_rate=mask_rate,
     )
     config = json.loads(json.dumps(_safe(scorer.config)))
     config["fingerprint"] = _fingerprint(scorer.data.input)
