@@ -12,7 +12,7 @@ For each labelled shared data set (labels are used here only to evaluate, never 
    (what reruns show), and the same for the choice (3 reruns);
 6. ``sccr.tl.null_check`` of the defaults (scCR's signed gene graph).
 
-Usage: PYTHONPATH=src python benchmarks/trust.py [--datasets a,b] [--n-jobs 2] [--out benchmarks/results/trust.json]
+Usage: OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/trust.py [--datasets a,b] [--n-jobs 1] [--out benchmarks/results/trust.json]
 Prints a summary and writes the JSON after every data set (a rerun skips the data sets already there
 unless --force).
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -203,7 +204,7 @@ def main() -> None:
         t = targets(results)
         print(json.dumps(t, indent=1))
         out.write_text(json.dumps({"datasets": results, "targets": t, "summary": text,
-                                   "command": "PYTHONPATH=src python benchmarks/trust.py --n-jobs 2",
+                                   "command": "PYTHONPATH=src python " + " ".join(sys.argv),
                                    "versions": sccr.__version__}, indent=1, default=float))
 
 
