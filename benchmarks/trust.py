@@ -70,7 +70,7 @@ def run_dataset(name: str, n_jobs: int) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     adata = load(name)
     labels = np.asarray(adata.obs["celltype"])
-    record: dict = {"cells": adata.n_obs, "genes": adata.n_vars, "types": int(len(np.unique(labels))), "n_jobs": n_jobs}
+    record: dict = {"cells": adata.n_obs, "genes": adata.n_vars, "types": len(np.unique(labels)), "n_jobs": n_jobs}
 
     table = sccr.tl.tune(adata, counts_layer="counts", random_state=0, n_jobs=n_jobs, progress=False,
                          echo=lambda m: print(f"  [{name}] tune: {m}", flush=True))
@@ -166,7 +166,7 @@ def targets(results: dict) -> dict:
     names = list(results)
     fragility = {n: results[n]["stability"]["defaults"]["fragility"] for n in names}
     shown = {n: results[n]["stability"]["defaults"]["label_ari_range"] for n in names}
-    rank = lambda d: [n for n, _ in sorted(d.items(), key=lambda kv: kv[1])]  # noqa: E731
+    rank = lambda d: [n for n, _ in sorted(d.items(), key=lambda kv: kv[1])]
     return {
         "tuned_minus_none_ari": diffs,
         "never_worse_than_none_by_0.01": bool(all(d >= -0.01 for d in diffs.values())),

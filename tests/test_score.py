@@ -11,7 +11,14 @@ import sccr
 import sccr.pl
 import sccr.tl
 from sccr.tl._score import (
-    Scorer, binomial_split, convert_log1p, expected_log1p, gene_correlations, invert_log1p, normalise_counts, permute_genes,
+    Scorer,
+    binomial_split,
+    convert_log1p,
+    expected_log1p,
+    gene_correlations,
+    invert_log1p,
+    normalise_counts,
+    permute_genes,
 )
 
 

@@ -197,8 +197,8 @@ def report_text(result: Mapping[str, Any], *, figures: Mapping[str, str]) -> str
     else:
         lines.append(f"`sccr.impute(adata, {_kwargs(best)})`")
     cost = result["tune"]["cost"]
-    lines += ["", f"{len(result['tune']['rows'])} settings scored ({cost['search']} search, {cost['imputations']} imputations, "
-              f"{cost['seconds']:.0f} s); best five:", ""]
+    lines += ["", (f"{len(result['tune']['rows'])} settings scored ({cost['search']} search, {cost['imputations']} imputations, "
+                   f"{cost['seconds']:.0f} s); best five:"), ""]
     rows = result["tune"]["rows"][:5]
     lines += ["| setting | score |", "|---|---|"] + [f"| {r['setting']} | {r['score']:.5g} |" for r in rows]
     if "tune" in figures:
@@ -219,10 +219,12 @@ def report_text(result: Mapping[str, Any], *, figures: Mapping[str, str]) -> str
         if "stability" in figures:
             lines += ["", f"![stability per cell]({figures['stability']})"]
         t = null["threshold"]
-        lines += ["", "**Spurious structure (permutation null).** "
-                  f"After imputing data whose genes were shuffled independently (no real gene-gene structure), "
-                  f"{null['null']['associating']} gene pairs correlate above {t:g} and {null['null']['dissociating']} below -{t:g}; "
-                  f"on the real data {null['real']['associating']} and {null['real']['dissociating']}."]
+        lines += ["", (
+            "**Spurious structure (permutation null).** "
+            "After imputing data whose genes were shuffled independently (no real gene-gene structure), "
+            f"{null['null']['associating']} gene pairs correlate above {t:g} and {null['null']['dissociating']} below -{t:g}; "
+            f"on the real data {null['real']['associating']} and {null['real']['dissociating']}."
+        )]
         if null["null"]["associating"] + null["null"]["dissociating"] > 0:
             lines.append("Correlations of that size after imputation are therefore not evidence by themselves: "
                          "compare them with the null distribution, not with 0.")
@@ -377,8 +379,8 @@ HANDLERS = {"tune": tune_command, "diagnose": diagnose_command}
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``tune`` or ``diagnose`` alone (``python -m sccr.tl tune INPUT --out DIR``), with ``sccr``'s exit codes."""
-    from ..cli import EXIT_FAULT, EXIT_OK, EXIT_USAGE, _one_line, _Parser
     from .._validation import InputError
+    from ..cli import EXIT_FAULT, EXIT_OK, EXIT_USAGE, _one_line, _Parser
 
     parser = _Parser(prog="sccr", description="sccr tune / sccr diagnose")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -393,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"sccr: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
-    except Exception as err:  # noqa: BLE001 - one line, as the sccr command does
+    except Exception as err:
         if args.debug:
             raise
         print(f"sccr: error: internal fault ({type(err).__name__}: {_one_line(err)}); rerun with --debug and report it", file=sys.stderr)

@@ -651,7 +651,7 @@ def null_check(
     bins = np.linspace(-1, 1, 81)
     out: dict[str, Any] = {
         "method": method, "params": params, "threshold": float(threshold), "quantile": float(quantile),
-        "bins": bins.tolist(), "n_genes_correlated": int(len(genes)),
+        "bins": bins.tolist(), "n_genes_correlated": len(genes),
         "real": _pair_summary(gene_correlations(imputed[:, genes]), threshold, bins),
         "null": _pair_summary(gene_correlations(null_imputed[:, genes]), threshold, bins),
     }

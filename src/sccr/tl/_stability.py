@@ -76,18 +76,18 @@ def verdict(min_ari: float, moved_fraction: float) -> tuple[str, str]:
     """``("fragile" | "sensitive" | "stable", sentence)`` from the clustering agreement and the share of moved cells."""
     if min_ari < FRAGILE_ARI or moved_fraction > FRAGILE_MOVED:
         return "fragile", (
-            f"FRAGILE: perturbations at float32 rounding level move {100 * moved_fraction:.1f}% of the cells by more "
+            f"FRAGILE: reruns under perturbations that should not matter move {100 * moved_fraction:.1f}% of the cells by more "
             f"than {MOVED} and clusterings of the reruns agree only down to ARI {min_ari:.3f}; single runs of this "
             "setting are not reproducible in their details: do not trust single-run cluster boundaries or the values "
             "of the moved cells (obs), compare several runs or choose a setting that is stable"
         )
     if min_ari >= STABLE_ARI and moved_fraction <= STABLE_MOVED:
         return "stable", (
-            f"stable: perturbations at float32 rounding level move {100 * moved_fraction:.1f}% of the cells by more "
+            f"stable: reruns under perturbations that should not matter move {100 * moved_fraction:.1f}% of the cells by more "
             f"than {MOVED} and clusterings of the reruns agree at ARI >= {min_ari:.3f}"
         )
     return "sensitive", (
-        f"sensitive: perturbations at float32 rounding level move {100 * moved_fraction:.1f}% of the cells by more "
+        f"sensitive: reruns under perturbations that should not matter move {100 * moved_fraction:.1f}% of the cells by more "
         f"than {MOVED} and clusterings of the reruns agree down to ARI {min_ari:.3f}; results hold overall, "
         "but check the cells flagged in obs before interpreting them one by one"
     )
@@ -168,7 +168,13 @@ def stability(
     from .. import SCCR
     from .._graph import resolve_knn
     from .._progress import resolve_progress
-    from .._validation import InputError, InputWarning, _check_int, _check_seed, check_key_added
+    from .._validation import (
+        InputError,
+        InputWarning,
+        _check_int,
+        _check_seed,
+        check_key_added,
+    )
     from ._score import check_method, check_params, expression
 
     method = check_method(method)

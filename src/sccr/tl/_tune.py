@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import itertools
-import sys
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -30,7 +30,8 @@ FULL_GRID_MAX = 10
 
 def check_grid(grid: Mapping[str, Sequence] | None) -> dict[str, list]:
     """The grid as ``{option: [values]}``, every key an option and every value valid."""
-    from .._validation import InputError, check_params as check_options
+    from .._validation import InputError
+    from .._validation import check_params as check_options
     from ._score import DEFAULTS, METHODS, PARAM_KEYS
 
     grid = DEFAULT_GRID if grid is None else grid
