@@ -89,6 +89,11 @@ def someone_watching() -> bool:
     return ipython is not None and "IPKernelApp" in getattr(ipython, "config", {})
 
 
+def resolve_progress(progress: bool | None) -> bool:
+    """Whether to show progress bars: ``None`` means where someone is watching (:func:`someone_watching`)."""
+    return someone_watching() if progress is None else bool(progress)
+
+
 _SIZE = re.compile(r"([0-9]*\.?[0-9]+)\s*([kmgt]?(?:i?b)?)", re.IGNORECASE)
 
 
@@ -200,7 +205,7 @@ class Options:
             "knn": _check_choice("knn", self.knn, KNN_MODES),
             "random_state": _check_seed(self.random_state),
             "n_jobs": resolve_n_jobs(self.n_jobs),
-            "progress": someone_watching() if self.progress is None else bool(self.progress),
+            "progress": resolve_progress(self.progress),
             "backend": _check_choice("backend", self.backend, BACKENDS),
             "memory_budget": parse_memory_size(self.memory_budget),
             "scratch_dir": _check_scratch_dir(self.scratch_dir),

@@ -1,4 +1,4 @@
-"""Command line: ``sccr impute``, ``sccr demo``, ``sccr benchmark``.
+"""Command line: ``sccr impute``, ``sccr tune``, ``sccr diagnose``, ``sccr demo``, ``sccr benchmark``.
 
 Exit codes: 0 success, 2 bad input or usage, 1 internal fault, 130 interrupted
 (Ctrl-C), 143 terminated (SIGTERM, e.g. a batch scheduler's time limit).
@@ -67,6 +67,7 @@ def _add_impute(sub) -> None:
     p.add_argument("--preprocess", default="none", choices=["paper", "none"], help="'paper': INPUT holds raw counts, apply the paper's preprocessing first; 'none' (default): INPUT is log-normalised")
     p.add_argument("--n-top-genes", type=int, default=2000, help="genes kept by --preprocess paper (default: 2000)")
     _add_options(p)
+    p.set_defaults(handler=_impute)
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="dask scheduler for --backend dask, e.g. tcp://host:8786 (default: start a local cluster of --n-jobs single-threaded worker processes)")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
@@ -76,6 +77,7 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="impute the bundled Worm Neuron data and score clustering", description="Run scCR on the bundled Worm Neuron data set (paper's preprocessing and settings) and print raw vs imputed clustering ARI/NMI/CA with time and peak memory.")
     p.add_argument("--seeds", default="0,1,2", help="KMeans seeds, comma-separated (default: 0,1,2)")
     p.add_argument("--n-jobs", type=int, default=None, help="threads (default: all cores)")
+    p.set_defaults(handler=_demo)
 
 
 def _add_benchmark(sub) -> None:
@@ -97,6 +99,7 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--no-figures", action="store_true", help="write results and summary only")
     p.add_argument("--force", action="store_true", help="discard OUT/results.jsonl and recompute everything")
     p.add_argument("--quiet", action="store_true", help="no progress bar or notices")
+    p.set_defaults(handler=_benchmark)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for add in (_add_impute, _add_demo, _add_benchmark):
+    from .tl._diagnose import add_cli as _add_tune_and_diagnose
+
+    for add in (_add_impute, _add_demo, _add_benchmark, _add_tune_and_diagnose):
         add(sub)
     for command in sub.choices.values():  # also accepted after the command; SUPPRESS keeps the top-level value
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.showwarning = warn_line
     try:
-        {"impute": _impute, "demo": _demo, "benchmark": _benchmark}[args.command](args)
+        args.handler(args)
     except KeyboardInterrupt as err:
         terminated = isinstance(err, _Terminated)
         print(f"sccr: error: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)

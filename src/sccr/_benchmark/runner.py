@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .._engine import run
 from .._errors import InputError
 from .._evaluation import clustering_scores, drop_entries, drop_entries_mnar, imputation_errors
-from .._options import DEFAULTS, Options, resolve_n_jobs, someone_watching
+from .._options import DEFAULTS, Options, resolve_n_jobs, resolve_progress
 from .._resources import PeakRSS
 from .._versions import versions
 from . import baselines
@@ -254,7 +254,7 @@ def benchmark(
     n_units = sum(len(seeds) * (1 if t == "clustering" else len(rates)) for t in tasks) * len(loaded) * len(methods)
     common = {"label_key": label_key, "n_jobs": n_jobs, "versions": versions()}
     skipped = 0
-    with tqdm(total=n_units, desc="benchmark", unit="run", disable=not (someone_watching() if progress is None else progress)) as bar:
+    with tqdm(total=n_units, desc="benchmark", unit="run", disable=not resolve_progress(progress)) as bar:
         for data in loaded:
             clustering_runs: dict[str, dict] = {}  # method -> its one imputation of the undropped data
             for task in tasks:

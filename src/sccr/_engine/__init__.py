@@ -20,7 +20,7 @@ way in for a run is :func:`prepare` (then :meth:`Job.execute`) or :func:`run`.
 
 from .checks import ValueSummary, canonical, check_counts, check_dtype, check_expression, check_shape
 from .dask import connect
-from .graph import knn_graph
+from .graph import knn_graph, resolve_knn
 from .matrix import PANEL_WIDTH, READ_BLOCK_BYTES, ROW_BLOCK, DenseMatrix, Matrix, StoredInput, dense
 from .memory import SKIP_ENV
 from .pipeline import Decisions, Result
@@ -29,5 +29,5 @@ from .entry import Job, prepare, run
 __all__ = [
     "PANEL_WIDTH", "READ_BLOCK_BYTES", "ROW_BLOCK", "SKIP_ENV", "Decisions", "DenseMatrix", "Job", "Matrix",
     "Result", "StoredInput", "ValueSummary", "canonical", "check_counts", "check_dtype", "check_expression",
-    "check_shape", "connect", "dense", "knn_graph", "prepare", "run",
+    "check_shape", "connect", "dense", "knn_graph", "prepare", "resolve_knn", "run",
 ]

@@ -1,0 +1,411 @@
+"""Choose an imputation setting without labels: score a grid of settings (:func:`sccr.tl.score`) and keep the best."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+#: The default grid (``tune(grid=None)``): the published defaults and, around them, less and more
+#: smoothing (``beta``, ``n_iter``, ``gamma``), smaller and larger neighbourhoods (``k``), and scFP.
+#: Its full product is 72 imputations, so it is searched coordinate by coordinate (about 8-16).
+DEFAULT_GRID: dict[str, list] = {
+    "method": ["sccr", "scfp"],
+    "beta": [0.5, 0.9, 0.99],
+    "gamma": [0.01, 0.3, 1.0],
+    "n_iter": [10, 40],
+    "k": [5, 15, 30],
+}
+#: Order in which the coordinate search visits the options (method last).
+AXES = ("beta", "gamma", "n_iter", "k", "k_gene", "alpha", "sym_final", "knn", "method")
+#: ``search="auto"`` scores the whole grid when that costs at most this many imputations.
+FULL_GRID_MAX = 10
+
+
+def check_grid(grid: Mapping[str, Sequence] | None) -> dict[str, list]:
+    """The grid as ``{option: [values]}``, every key an option and every value valid."""
+    from .._errors import InputError
+    from .._options import Options
+    from ._score import DEFAULTS, METHODS, PARAM_KEYS
+
+    grid = DEFAULT_GRID if grid is None else grid
+    if not isinstance(grid, Mapping) or not grid:
+        raise InputError("grid must be a non-empty dict of option -> list of values, e.g. {'k': [5, 15], 'beta': [0.9, 0.99]}")
+    allowed = ("method", *PARAM_KEYS)
+    unknown = [key for key in grid if key not in allowed]
+    if unknown:
+        raise InputError(
+            f"grid keys {', '.join(map(repr, unknown))} are not options of sccr.impute; use only {', '.join(allowed)} "
+            "(random_state, n_jobs and layer are arguments of tune itself)"
+        )
+    out: dict[str, list] = {}
+    for key, values in grid.items():
+        values = [values] if isinstance(values, (str, int, float, bool)) else list(values)
+        if not values:
+            raise InputError(f"grid[{key!r}] is empty; give at least one value")
+        if key == "method":
+            bad = [v for v in values if v not in METHODS]
+            if bad:
+                raise InputError(f"grid['method'] has {', '.join(map(repr, bad))}; methods are {', '.join(map(repr, METHODS))}")
+        else:
+            for value in values:
+                Options(method="sccr", **{**DEFAULTS, key: value}, n_jobs=1, progress=False)
+        out[key] = list(dict.fromkeys(values))
+    return out
+
+
+def _setting_key(method: str, params: Mapping[str, Any]) -> str:
+    return json.dumps([method, sorted((k, v) for k, v in params.items())])
+
+
+def _describe(method: str, params: Mapping[str, Any]) -> str:
+    return method if method == "none" else method + "(" + ", ".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
+
+
+def _start(grid: dict[str, list], method: str) -> dict[str, Any]:
+    """For each option of ``method`` in the grid, its value nearest the published default."""
+    from ._score import DEFAULTS, METHOD_KEYS
+
+    start = {}
+    for key in METHOD_KEYS[method]:
+        if key not in grid:
+            continue
+        values, default = grid[key], DEFAULTS[key]
+        if default in values:
+            start[key] = default
+        elif isinstance(default, (int, float)) and not isinstance(default, bool) and all(isinstance(v, (int, float)) for v in values):
+            start[key] = min(values, key=lambda v: (abs(v - default), v))
+        else:
+            start[key] = values[0]
+    return start
+
+
+def _settings(grid: dict[str, list]) -> list[tuple[str, dict[str, Any]]]:
+    """Every setting of the grid (each method with the options that apply to it)."""
+    from ._score import METHOD_KEYS
+
+    out = []
+    for method in grid.get("method", ["sccr"]):
+        if method == "none":
+            continue
+        keys = [k for k in grid if k != "method" and k in METHOD_KEYS[method]]
+        for values in itertools.product(*(grid[k] for k in keys)):
+            out.append((method, dict(zip(keys, values))))
+    return out
+
+
+def grid_cost(grid: dict[str, list]) -> int:
+    """Imputations needed to score the whole grid (settings that differ only in ``gamma`` share two runs)."""
+    groups: dict[str, int] = {}
+    for method, params in _settings(grid):
+        rest = {k: v for k, v in params.items() if k != "gamma"} if method == "sccr" else params
+        key = _setting_key(method, rest)
+        groups[key] = groups.get(key, 0) + 1
+    return sum(min(n, 2) for n in groups.values())
+
+
+def _safe(value):
+    """A value anndata can write to .h5ad (``None`` becomes the string ``"None"``)."""
+    if value is None:
+        return "None"
+    if isinstance(value, Mapping):
+        return {str(k): _safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_safe(v) for v in value]
+    return value
+
+
+class _Runner:
+    """Scores settings once each, from a checkpoint file or earlier results when they match."""
+
+    def __init__(self, scorer, config: dict, checkpoint, previous: list[dict], bar, budget: int) -> None:
+        self.scorer = scorer
+        self.config = config
+        self.checkpoint = checkpoint
+        self.bar = bar
+        self.budget = budget
+        self.records: dict[str, dict] = {}  # scored (or reused) in this call
+        self.order: list[str] = []
+        self.reused = 0
+        self.available: dict[str, dict] = {}  # from the checkpoint and earlier calls
+        for record in previous:
+            if record.get("config") == config:
+                self.available.setdefault(_setting_key(record["method"], record["params"]), record)
+
+    def exhausted(self) -> bool:
+        return self.scorer.n_imputations >= self.budget
+
+    def __call__(self, method: str, params: dict[str, Any], stage: str) -> dict:
+        key = _setting_key(method, params)
+        if key in self.records:
+            return self.records[key]
+        if key in self.available:
+            record = dict(self.available[key], stage=stage, reused=True)
+            self.reused += 1
+        else:
+            before, start = self.scorer.n_imputations, time.perf_counter()
+            scores = self.scorer.evaluate(method, params)
+            record = {
+                "method": method, "params": params, **scores, "stage": stage, "reused": False,
+                "imputations": self.scorer.n_imputations - before, "seconds": time.perf_counter() - start,
+                "config": self.config,
+            }
+            if self.checkpoint is not None:
+                with open(self.checkpoint, "a") as f:
+                    f.write(json.dumps({k: v for k, v in record.items() if k != "reused"}) + "\n")
+        self.records[key] = record
+        self.order.append(key)
+        self.bar.update()
+        self.bar.set_postfix_str(f"best {min(r['score'] for r in self.records.values()):.5g}")
+        return record
+
+
+def _read_checkpoint(path) -> list[dict]:
+    if path is None or not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut short by an interrupted run
+                    continue
+    return records
+
+
+def tune(
+    adata,
+    *,
+    grid: Mapping[str, Sequence] | None = None,
+    method: str = "sccr",
+    strategy: str = "auto",
+    layer: str | None = None,
+    counts_layer: str | None = None,
+    random_state: int | None = 0,
+    n_jobs: int | None = None,
+    search: str = "auto",
+    max_imputations: int = 16,
+    max_sweeps: int = 2,
+    split: float | None = None,
+    mask_rate: float = 0.1,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = True,
+    key_added: str = "sccr_tune",
+    progress: bool | None = None,
+    echo: Callable[[str], None] | None = None,
+):
+    """Score a grid of imputation settings without labels and keep the best.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes, as for :func:`sccr.tl.score` (log-normalised with raw counts in a
+        layer, e.g. the output of :func:`sccr.pp.preprocess_paper`, or raw counts).
+    grid
+        ``{option: [values]}`` over ``method`` and the options of :func:`sccr.impute`
+        (default :data:`DEFAULT_GRID`: ``method`` sccr/scfp, ``beta`` 0.5/0.9/0.99,
+        ``gamma`` 0.01/0.3/1 (scCR only), ``n_iter`` 10/40, ``k`` 5/15/30). Options not
+        in the grid keep their defaults. "No imputation" is always scored as a row.
+    method
+        The method when the grid has no ``method`` key.
+    strategy, layer, counts_layer, random_state, n_jobs, split, mask_rate
+        As in :func:`sccr.tl.score`; one split (or mask) is shared by every setting.
+        ``split=None`` is :data:`sccr.tl._score.DEFAULT_SPLIT` (0.9).
+    search
+        ``"grid"``: every setting; ``"coordinate"``: from the published defaults, one
+        option at a time over its values (the others fixed at the best so far), for up
+        to ``max_sweeps`` sweeps or ``max_imputations`` imputations, stopping early when
+        a sweep changes nothing; ``"auto"``: the whole grid when it costs at most
+        :data:`FULL_GRID_MAX` imputations, else the coordinate search.
+    max_imputations, max_sweeps
+        Limits of the coordinate search.
+    checkpoint
+        A JSON-lines file: every scored setting is appended to it, and with ``resume``
+        settings already there (same data, split and seed) are not scored again.
+    resume
+        Reuse settings found in ``checkpoint`` and in ``adata.uns[key_added]``.
+    key_added
+        Results go to ``adata.uns[key_added]``: ``best`` (keyword arguments for
+        :func:`sccr.impute`, or ``{"method": "none"}``), ``table``, ``config``, ``cost``.
+    progress
+        Progress bar and cost notes on standard error (``None``: on a terminal).
+    echo
+        Receives the cost notes instead (e.g. ``print``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per scored setting, best (lowest ``score``) first: ``setting``,
+        ``method``, the options, ``score`` and every loss, ``stage`` of the search,
+        ``default`` (the published defaults), ``imputations`` and ``seconds``.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .._options import resolve_progress
+    from .._adata import check_key_added
+    from .._errors import InputError
+    from .._options import _check_int
+    from ._score import DEFAULT_SPLIT, DEFAULTS, METHOD_KEYS, Scorer, check_method
+
+    grid = check_grid(grid)
+    if "method" not in grid:
+        method = check_method(method)
+        if not isinstance(method, str):
+            raise InputError("tune needs a method name ('sccr', 'scfp' or 'scbfp'), not a function")
+        grid = {"method": [method], **grid}
+    if search not in ("auto", "grid", "coordinate"):
+        raise InputError(f"search must be 'auto', 'grid' or 'coordinate'; got {search!r}")
+    _check_int("max_imputations", max_imputations, 1)
+    _check_int("max_sweeps", max_sweeps, 1)
+    check_key_added(key_added, layer)
+    show = resolve_progress(progress)
+    say = echo if echo is not None else ((lambda msg: tqdm.write(f"sccr tune: {msg}", file=sys.stderr)) if show else (lambda msg: None))
+
+    start_time = time.perf_counter()
+    scorer = Scorer(
+        adata, strategy=strategy, layer=layer, counts_layer=counts_layer,
+        random_state=random_state, n_jobs=n_jobs, split=DEFAULT_SPLIT if split is None else split, mask_rate=mask_rate,
+    )
+    config = json.loads(json.dumps(_safe(scorer.config)))
+    config["fingerprint"] = _fingerprint(scorer.data.input)
+    full_cost = grid_cost(grid)
+    n_settings = len(_settings(grid))
+    mode = search if search != "auto" else ("grid" if full_cost <= FULL_GRID_MAX else "coordinate")
+    planned = full_cost if mode == "grid" else min(max_imputations, full_cost)
+    say(
+        f"{n_settings} settings in the grid (all of them: {full_cost} imputations); "
+        + ("scoring all of them" if mode == "grid" else f"coordinate search from the defaults, at most {planned} imputations")
+        + f", each of a {scorer.data.shape[0]} x {scorer.data.shape[1]} matrix ({scorer.strategy})"
+    )
+    previous = _read_checkpoint(checkpoint) if resume else []
+    if resume and key_added in adata.uns and "table" in adata.uns[key_added]:
+        previous += _records_from_table(adata.uns[key_added])
+    bar = tqdm(total=(n_settings if mode == "grid" else planned) + 1, desc="tune", disable=not show, leave=False, unit="setting")
+    runner = _Runner(scorer, config, checkpoint, previous, bar, budget=full_cost if mode == "grid" else max_imputations)
+    runner("none", {}, "baseline")
+    if mode == "grid":
+        for m, params in _settings(grid):
+            runner(m, params, "grid")
+    else:
+        _coordinate_search(runner, grid, max_sweeps)
+    bar.close()
+    if runner.order and scorer.n_imputations:
+        per = scorer.seconds / scorer.n_imputations
+        say(f"{scorer.n_imputations} imputations in {scorer.seconds:.1f} s ({per:.1f} s each); {runner.reused} settings reused")
+
+    option_keys = [k for k in AXES if k != "method" and any(k in runner.records[key]["params"] for key in runner.order)]
+    rows = []
+    for key in runner.order:
+        r = runner.records[key]
+        losses = {k: v for k, v in r.items() if k == "score" or k.startswith(("mcv_", "mask_"))}
+        is_default = r["method"] == "sccr" and all(
+            r["params"].get(k, DEFAULTS[k]) == DEFAULTS[k] for k in METHOD_KEYS["sccr"]
+        )
+        rows.append({
+            "_key": key, "setting": _describe(r["method"], r["params"]), "method": r["method"],
+            **{k: r["params"].get(k, np.nan) for k in option_keys}, **losses,
+            "stage": r["stage"], "default": bool(is_default), "reused": bool(r["reused"]),
+            "imputations": int(r.get("imputations", 0)), "seconds": float(r.get("seconds", 0.0)),
+        })
+    table = pd.DataFrame(rows).sort_values("score", kind="stable").reset_index(drop=True)
+    best_record = runner.records[table.loc[0, "_key"]]
+    table = table.drop(columns="_key")
+    best = {"method": "none"} if best_record["method"] == "none" else {"method": best_record["method"], **best_record["params"]}
+    none_score = float(table.loc[table["method"] == "none", "score"].iloc[0])
+    cost = {
+        "search": mode, "grid_settings": n_settings, "full_grid_imputations": full_cost,
+        "imputations": int(scorer.n_imputations), "reused": int(runner.reused),
+        "seconds": float(time.perf_counter() - start_time), "imputation_seconds": float(scorer.seconds),
+    }
+    adata.uns[key_added] = {
+        "best": best,
+        "best_score": float(table.loc[0, "score"]),
+        "none_score": none_score,
+        "table": table.astype({c: str for c in table.columns if table[c].dtype == object}),
+        "config": config,
+        "cost": cost,
+        "grid": {k: [_safe(v) for v in vs] for k, vs in grid.items()},
+    }
+    table.attrs.update(best=best, cost=cost, config=config)
+    return table
+
+
+def _params_of(row, option_keys: list[str]) -> dict[str, Any]:
+    from ._score import METHOD_KEYS
+
+    out = {}
+    for k in option_keys:
+        v = row[k]
+        if k in METHOD_KEYS[row["method"]] and not (isinstance(v, float) and np.isnan(v)):
+            out[k] = v.item() if hasattr(v, "item") else v
+    return out
+
+
+def _records_from_table(uns: Mapping) -> list[dict]:
+    """Earlier results stored by :func:`tune` in ``uns`` as records for reuse."""
+    table, config = uns["table"], uns.get("config")
+    if config is None:
+        return []
+    config = json.loads(json.dumps(_safe(dict(config)), default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+    option_keys = [k for k in AXES if k != "method" and k in table.columns]
+    records = []
+    for _, row in table.iterrows():
+        scores = {k: float(row[k]) for k in table.columns if k == "score" or str(k).startswith(("mcv_", "mask_"))}
+        params = _params_of(row, option_keys)
+        params = {k: (int(v) if k in ("k", "k_gene", "n_iter") else v) for k, v in params.items()}
+        records.append({"method": row["method"], "params": params, **scores, "config": config,
+                        "imputations": 0, "seconds": 0.0})
+    return records
+
+
+def _fingerprint(X) -> list:
+    """A cheap summary of the matrix a checkpoint was made on (shape, non-zeros, sum)."""
+    import scipy.sparse as sp
+
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    return [int(X.shape[0]), int(X.shape[1]), int(np.count_nonzero(values)), round(float(values.sum(dtype=np.float64)), 3)]
+
+
+def _coordinate_search(runner: _Runner, grid: dict[str, list], max_sweeps: int) -> None:
+    from ._score import METHOD_KEYS
+
+    methods = [m for m in grid["method"] if m != "none"]
+    if not methods:
+        return
+    method = "sccr" if "sccr" in methods else methods[0]
+    params = _start(grid, method)
+    best = runner(method, params, "start")
+    for sweep in range(1, max_sweeps + 1):
+        changed = False
+        for axis in AXES:
+            if runner.exhausted():
+                return
+            if axis == "method":
+                if len(methods) < 2:
+                    continue
+                candidates = []
+                for m in methods:
+                    p = {k: v for k, v in params.items() if k in METHOD_KEYS[m]}
+                    p.update({k: v for k, v in _start(grid, m).items() if k not in p})
+                    candidates.append((m, p))
+            elif axis in grid and len(grid[axis]) > 1 and axis in METHOD_KEYS[method]:
+                candidates = [(method, {**params, axis: v}) for v in grid[axis]]
+            else:
+                continue
+            for m, p in candidates:
+                if runner.exhausted():
+                    break
+                record = runner(m, p, f"sweep {sweep}: {axis}")
+                if record["score"] < best["score"]:
+                    best, method, params, changed = record, m, dict(p), True
+        if not changed:
+            return

@@ -1,0 +1,169 @@
+"""sccr.tl.tune: grid, search, resume, progress, bad grids; the diagnose report and the tune/diagnose commands."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import sccr
+import sccr.pl
+import sccr.tl
+from sccr.cli import build_parser, main
+from sccr.tl._score import normalise_counts
+from sccr.tl._tune import DEFAULT_GRID, check_grid, grid_cost
+
+SMALL = {"method": ["sccr"], "k": [5, 10, 100], "beta": [0.5, 0.99]}  # 6 settings: scored whole
+
+
+def planted(n_per: int = 40, n_genes: int = 40, *, seed: int = 0) -> ad.AnnData:
+    """Three groups of cells, Poisson counts; log-normalised X and raw counts in layers['counts']."""
+    rng = np.random.default_rng(seed)
+    means = rng.gamma(0.6, 2.0, size=(3, n_genes))
+    groups = np.repeat(np.arange(3), n_per)
+    counts = rng.poisson(means[groups] * rng.uniform(0.5, 1.5, size=(len(groups), 1)) * 3).astype(np.float32)
+    a = ad.AnnData(X=normalise_counts(counts)[0])
+    a.layers["counts"] = sp.csr_matrix(counts)
+    a.obs_names = [f"c{i}" for i in range(a.n_obs)]
+    a.var_names = [f"g{j}" for j in range(a.n_vars)]
+    return a
+
+
+def test_default_grid_is_documented_and_valid():
+    grid = check_grid(None)
+    assert grid == DEFAULT_GRID
+    assert grid_cost(grid) == 54  # 72 settings; settings that differ in gamma only share two runs
+    assert grid_cost({"method": ["sccr"], "gamma": [0.01, 0.3, 1.0]}) == 2
+
+
+def test_tune_scores_every_setting_of_a_small_grid(tmp_path):
+    a = planted()
+    table = sccr.tl.tune(a, grid=SMALL, n_jobs=1)
+    assert isinstance(table, pd.DataFrame)
+    assert len(table) == 7 and (table["method"] == "none").sum() == 1  # 6 settings and no imputation
+    assert table["score"].is_monotonic_increasing
+    info = a.uns["sccr_tune"]
+    assert info["cost"]["search"] == "grid" and info["cost"]["imputations"] == 6
+    best = info["best"]
+    assert best["method"] == "sccr" and best["k"] != 100  # neighbourhoods spanning every group lose
+    assert best == table.attrs["best"]
+    out = sccr.impute(a, **{k: v for k, v in best.items()}, copy=True)  # what impute accepts
+    assert out.layers["sccr"].shape == a.shape
+    a.write_h5ad(tmp_path / "tuned.h5ad")  # everything stored is writable
+    assert "sccr_tune" in ad.read_h5ad(tmp_path / "tuned.h5ad").uns
+
+
+def test_no_imputation_can_win():
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(rng.gamma(1.0, 60.0, size=(80, 30))).astype(np.float32)  # every cell its own deep profile
+    a = ad.AnnData(X=sp.csr_matrix(counts))
+    table = sccr.tl.tune(a, grid={"method": ["scfp"], "k": [10, 40]}, n_jobs=1)
+    assert table.loc[0, "method"] == "none"
+    assert a.uns["sccr_tune"]["best"] == {"method": "none"}
+
+
+def test_coordinate_search_stays_within_budget():
+    a = planted()
+    table = sccr.tl.tune(a, n_jobs=1, max_imputations=6)  # the default grid: 54 imputations in full
+    cost = a.uns["sccr_tune"]["cost"]
+    assert cost["search"] == "coordinate" and cost["imputations"] <= 6 and cost["full_grid_imputations"] == 54
+    assert table.loc[table["stage"] == "start", "default"].all()  # the search starts at the published defaults
+    assert (table["default"]).sum() == 1
+
+
+def test_resume_from_checkpoint(tmp_path):
+    a = planted()
+    path = tmp_path / "tune.jsonl"
+    first = sccr.tl.tune(a.copy(), grid=SMALL, n_jobs=1, checkpoint=path)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 7
+    b = a.copy()
+    again = sccr.tl.tune(b, grid=SMALL, n_jobs=1, checkpoint=path)
+    assert b.uns["sccr_tune"]["cost"]["imputations"] == 0 and again["reused"].all()
+    pd.testing.assert_series_equal(first["score"], again["score"])
+    path.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # interrupted while writing the fourth
+    c = a.copy()
+    sccr.tl.tune(c, grid=SMALL, n_jobs=1, checkpoint=path)
+    assert c.uns["sccr_tune"]["cost"]["imputations"] == 4  # three reused (one of them no imputation)
+    other_seed = a.copy()
+    sccr.tl.tune(other_seed, grid=SMALL, n_jobs=1, checkpoint=path, random_state=1)
+    assert other_seed.uns["sccr_tune"]["cost"]["imputations"] == 6  # another split: nothing reused
+
+
+def test_resume_from_uns():
+    a = planted()
+    sccr.tl.tune(a, grid=SMALL, n_jobs=1)
+    table = sccr.tl.tune(a, grid={**SMALL, "k": [5, 10, 100, 20]}, n_jobs=1)
+    assert a.uns["sccr_tune"]["cost"]["imputations"] == 2 and table["reused"].sum() == 7
+
+
+def test_progress_and_cost_are_reported(capsys):
+    a = planted()
+    notes = []
+    sccr.tl.tune(a, grid=SMALL, n_jobs=1, echo=notes.append)
+    assert "6 settings in the grid" in notes[0] and "6 imputations" in notes[0]
+    assert notes[-1].startswith("6 imputations in")
+    sccr.tl.tune(planted(), grid=SMALL, n_jobs=1, progress=True)
+    err = capsys.readouterr().err
+    assert "tune" in err and "7/7" in err and "sccr tune: 6 settings in the grid" in err
+
+
+def test_bad_grids_are_refused():
+    a = planted()
+    with pytest.raises(sccr.InputError, match=r"grid keys 'neighbours' are not options of sccr.impute; use only method, k"):
+        sccr.tl.tune(a, grid={"neighbours": [5]})
+    with pytest.raises(sccr.InputError, match=r"grid\['method'\] has 'magic'"):
+        sccr.tl.tune(a, grid={"method": ["magic"]})
+    with pytest.raises(sccr.InputError, match="k must be an integer >= 1"):
+        sccr.tl.tune(a, grid={"k": [0, 5]})
+    with pytest.raises(sccr.InputError, match=r"grid\['beta'\] is empty"):
+        sccr.tl.tune(a, grid={"beta": []})
+    with pytest.raises(sccr.InputError, match="search must be"):
+        sccr.tl.tune(a, grid=SMALL, search="random")
+    with pytest.raises(sccr.InputError, match="needs raw counts"):
+        sccr.tl.tune(ad.AnnData(X=a.X.copy()), grid=SMALL, strategy="mcv")
+
+
+def test_tune_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    a = planted()
+    sccr.tl.tune(a, grid=SMALL, n_jobs=1)
+    fig = sccr.pl.tune_curves(a, save=tmp_path / "tune.png")
+    assert len(fig.axes) == 2 and (tmp_path / "tune.png").stat().st_size > 0  # k and beta varied
+
+
+def test_diagnose_report(tmp_path):
+    pytest.importorskip("matplotlib")
+    a = planted()
+    result = sccr.tl.diagnose(a, out=tmp_path, grid=SMALL, n_runs=2, n_jobs=1)
+    assert result["answer"] == "impute" and result["best"] == dict(a.uns["sccr_tune"]["best"])
+    report = (tmp_path / "report.md").read_text()
+    for heading in ("Should I impute this data?", "With which settings?", "Which results can I trust?"):
+        assert heading in report
+    assert "sccr.impute(adata, method='sccr'" in report
+    for name in ("tune.png", "stability.png", "null.png"):
+        assert (tmp_path / "figures" / name).stat().st_size > 0
+    assert json.loads((tmp_path / "diagnose.json").read_text())["answer"] == "impute"
+
+
+def test_commands(tmp_path, capsys):
+    a = planted()
+    a.X = a.layers["counts"].copy()  # raw counts in X: preprocessed by --preprocess auto
+    del a.layers["counts"]
+    path = tmp_path / "in.h5ad"
+    a.write_h5ad(path)
+    args = build_parser().parse_args(["tune", str(path), "--out", str(tmp_path / "t"), "--grid", json.dumps(SMALL), "--n-jobs", "1"])
+    assert args.handler.__name__ == "tune_command"  # `sccr tune` and `sccr diagnose` are subcommands of sccr
+    assert main(["tune", str(path), "--out", str(tmp_path / "t"), "--grid", json.dumps(SMALL), "--n-jobs", "1", "--quiet"]) == 0
+    best = json.loads((tmp_path / "t" / "best.json").read_text())
+    assert best["method"] == "sccr" and (tmp_path / "t" / "tune.csv").exists()
+    assert main(["tune", str(path), "--out", str(tmp_path / "t"), "--grid", '{"kk": [1]}']) == 2
+    assert "sccr: error: grid keys 'kk' are not options" in capsys.readouterr().err
+    assert main(["tune", str(tmp_path / "missing.h5ad"), "--out", str(tmp_path / "t")]) == 2
+    assert main(["diagnose", str(path), "--out", str(tmp_path / "d"), "--grid", json.dumps(SMALL),
+                 "--n-runs", "1", "--n-jobs", "1", "--quiet", "--no-figures"]) == 0
+    assert "Should I impute" in (tmp_path / "d" / "report.md").read_text()
