@@ -123,8 +123,10 @@ def take_columns(M: Matrix, index: np.ndarray) -> np.ndarray:
     if isinstance(M, SparseMatrix):
         M.columns(0, 0)  # makes its CSC copy once
         return M._csc[:, index].toarray()
-    first = index[0] - index[0] % (M.width if isinstance(M, PanelFile) else PANEL_WIDTH)
-    return M.columns(int(first), int(index[-1]) + 1)[:, index - first]
+    width = M.width if isinstance(M, PanelFile) else PANEL_WIDTH
+    first = index[0] - index[0] % width
+    stop = min(M.shape[1], -(-(int(index[-1]) + 1) // width) * width)  # whole panels
+    return M.columns(int(first), stop)[:, index - first]
 
 
 def graph_columns(X: Matrix, graph: np.ndarray) -> Matrix:
