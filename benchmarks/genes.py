@@ -59,15 +59,29 @@ def run_time(mode: str) -> None:
     sccr.impute(a, genes=mode, n_jobs=N_JOBS, progress=False)
     seconds = time.perf_counter() - start
     timings = {k: round(v, 2) for k, v in a.uns["sccr"]["timings"].items()}
-    emit({"what": "pbmc3k_time", "genes": mode, "shape": list(a.shape), "n_imputed": int(a.var.get("sccr_imputed", np.ones(1)).sum()),
-          "seconds": round(seconds, 2), "peak_rss_mib": round(peak_rss_mb(), 1), "timings": timings, "n_jobs": N_JOBS})
+    emit(
+        {
+            "what": "pbmc3k_time",
+            "genes": mode,
+            "shape": list(a.shape),
+            "n_imputed": int(a.var.get("sccr_imputed", np.ones(1)).sum()),
+            "seconds": round(seconds, 2),
+            "peak_rss_mib": round(peak_rss_mb(), 1),
+            "timings": timings,
+            "n_jobs": N_JOBS,
+        }
+    )
 
 
 def errors(truth: np.ndarray, guess: np.ndarray) -> dict:
     d = guess.astype(np.float64) - truth.astype(np.float64)
     cos = float(truth @ guess / (np.linalg.norm(truth) * np.linalg.norm(guess) + 1e-30))
-    return {"rmse": round(float(np.sqrt(np.mean(d**2))), 4), "mae": round(float(np.mean(np.abs(d))), 4),
-            "median_l1": round(float(np.median(np.abs(d))), 4), "cosine": round(cos, 4)}
+    return {
+        "rmse": round(float(np.sqrt(np.mean(d**2))), 4),
+        "mae": round(float(np.mean(np.abs(d))), 4),
+        "median_l1": round(float(np.median(np.abs(d))), 4),
+        "cosine": round(cos, 4),
+    }
 
 
 def run_recovery(seed: int = 0, rate: float = 0.2) -> None:
@@ -88,22 +102,43 @@ def run_recovery(seed: int = 0, rate: float = 0.2) -> None:
     masked = sp.csr_matrix((data, (coo.row, coo.col)), shape=X.shape, dtype=np.float32)
     masked.eliminate_zeros()
     a.X = masked
-    base = {"what": "pbmc3k_recovery", "seed": seed, "rate": rate, "n_held_out": int(held.size), "n_genes": int(a.n_vars),
-            "hvg_from": "the unmasked data (the held-out entries are all outside them)"}
+    base = {
+        "what": "pbmc3k_recovery",
+        "seed": seed,
+        "rate": rate,
+        "n_held_out": int(held.size),
+        "n_genes": int(a.n_vars),
+        "hvg_from": "the unmasked data (the held-out entries are all outside them)",
+    }
     emit({**base, "method": "no imputation", **errors(truth, np.zeros_like(truth))})
     for gamma in (0.01, 1.0):
         start = time.perf_counter()
         out = sccr.impute(a, gamma=gamma, n_jobs=N_JOBS, progress=False, copy=True)
         seconds = time.perf_counter() - start
         L = out.layers["sccr"]
-        emit({**base, "method": f"sccr genes='all' gamma={gamma}", "seconds": round(seconds, 1), **errors(truth, L[rows, cols])})
+        emit(
+            {
+                **base,
+                "method": f"sccr genes='all' gamma={gamma}",
+                "seconds": round(seconds, 1),
+                **errors(truth, L[rows, cols]),
+            }
+        )
         if gamma == 0.01:
             for threshold in (0.01, 0.05, 0.1):  # what a sparse output that zeroes small values would cost
                 kept = np.where(L >= threshold, L, 0)
-                emit({**base, "method": f"sccr gamma=0.01, values < {threshold} set to 0",
-                      "density": round(float((kept > 0).mean()), 4), "dense_density": round(float((L > 0).mean()), 4),
-                      "change_rmse_all_entries": round(float(np.sqrt(np.mean((kept - L).astype(np.float64) ** 2))), 5),
-                      **errors(truth, kept[rows, cols])})
+                emit(
+                    {
+                        **base,
+                        "method": f"sccr gamma=0.01, values < {threshold} set to 0",
+                        "density": round(float((kept > 0).mean()), 4),
+                        "dense_density": round(float((L > 0).mean()), 4),
+                        "change_rmse_all_entries": round(
+                            float(np.sqrt(np.mean((kept - L).astype(np.float64) ** 2))), 5
+                        ),
+                        **errors(truth, kept[rows, cols]),
+                    }
+                )
             del kept
     try:
         import magic
@@ -112,8 +147,14 @@ def run_recovery(seed: int = 0, rate: float = 0.2) -> None:
         return
     start = time.perf_counter()
     M = magic.MAGIC(random_state=seed, n_jobs=N_JOBS, verbose=0).fit_transform(masked.toarray())
-    emit({**base, "method": "MAGIC (defaults, all genes)", "seconds": round(time.perf_counter() - start, 1),
-          **errors(truth, np.asarray(M)[rows, cols])})
+    emit(
+        {
+            **base,
+            "method": "MAGIC (defaults, all genes)",
+            "seconds": round(time.perf_counter() - start, 1),
+            **errors(truth, np.asarray(M)[rows, cols]),
+        }
+    )
 
 
 def run_umap() -> None:
@@ -135,7 +176,9 @@ def run_umap() -> None:
     xy = a.obsm["X_umap"]
     for j, gene in enumerate(markers):
         col = a.var_names.get_loc(gene)
-        for i, (values, label) in enumerate(((a.X[:, col].toarray().ravel(), "log-normalised"), (a.layers["sccr"][:, col], "sccr"))):
+        for i, (values, label) in enumerate(
+            ((a.X[:, col].toarray().ravel(), "log-normalised"), (a.layers["sccr"][:, col], "sccr"))
+        ):
             ax = axes[i, j]
             order = np.argsort(values)
             ax.scatter(xy[order, 0], xy[order, 1], c=values[order], s=1, cmap="viridis", rasterized=True)
@@ -147,8 +190,14 @@ def run_umap() -> None:
     fig.tight_layout()
     out = ROOT / "docs" / "figures" / "genes_pbmc3k_markers.png"
     fig.savefig(out, dpi=110)
-    emit({"what": "pbmc3k_umap", "figure": str(out.relative_to(ROOT)), "markers": markers,
-          "not_hvg": [g for g in markers if not a.var["highly_variable"].loc[g]]})
+    emit(
+        {
+            "what": "pbmc3k_umap",
+            "figure": str(out.relative_to(ROOT)),
+            "markers": markers,
+            "not_hvg": [g for g in markers if not a.var["highly_variable"].loc[g]],
+        }
+    )
 
 
 def ilisi(E: np.ndarray, batch: np.ndarray, k: int = 30) -> float:
@@ -174,9 +223,12 @@ def scores(M, batch: np.ndarray, labels: np.ndarray) -> dict:
 
     E = embed(M)
     clusters = KMeans(n_clusters=len(np.unique(labels)), n_init=10, random_state=0).fit_predict(E)
-    return {"ilisi": round(ilisi(E, batch), 3), "ari_celltype": round(adjusted_rand_score(labels, clusters), 4),
-            "silhouette_celltype": round(float(silhouette_score(E, labels)), 4),
-            "ari_batch": round(adjusted_rand_score(batch, clusters), 4)}
+    return {
+        "ilisi": round(ilisi(E, batch), 3),
+        "ari_celltype": round(adjusted_rand_score(labels, clusters), 4),
+        "silhouette_celltype": round(float(silhouette_score(E, labels)), 4),
+        "ari_batch": round(adjusted_rand_score(batch, clusters), 4),
+    }
 
 
 def run_batches(seed: int = 0, shift: float = 1.0, fraction: float = 0.2) -> None:
@@ -200,14 +252,30 @@ def run_batches(seed: int = 0, shift: float = 1.0, fraction: float = 0.2) -> Non
         shifted.data[lo:hi] += np.float32(shift) * in_b[rows]
     a.X = shifted.tocsr()
     a.obs["batch"] = batch
-    base = {"what": "batches_pbmc4k", "seed": seed, "shift": shift, "shifted_genes": int(genes.size), "n_cells": int(a.n_obs)}
+    base = {
+        "what": "batches_pbmc4k",
+        "seed": seed,
+        "shift": shift,
+        "shifted_genes": int(genes.size),
+        "n_cells": int(a.n_obs),
+    }
     emit({**base, "run": "clean data (no shift), not imputed", **scores(X, batch, labels)})
     emit({**base, "run": "not imputed", **scores(a.X, batch, labels)})
-    for run, extra in (("sccr, no batch_key", {}), ("sccr, batch_mode='balanced'", {"batch_key": "batch", "batch_mode": "balanced"}),
-                       ("sccr, batch_mode='within'", {"batch_key": "batch", "batch_mode": "within"})):
+    for run, extra in (
+        ("sccr, no batch_key", {}),
+        ("sccr, batch_mode='balanced'", {"batch_key": "batch", "batch_mode": "balanced"}),
+        ("sccr, batch_mode='within'", {"batch_key": "batch", "batch_mode": "within"}),
+    ):
         start = time.perf_counter()
         out = sccr.impute(a, n_jobs=N_JOBS, progress=False, copy=True, **extra)
-        emit({**base, "run": run, "seconds": round(time.perf_counter() - start, 1), **scores(out.layers["sccr"], batch, labels)})
+        emit(
+            {
+                **base,
+                "run": run,
+                "seconds": round(time.perf_counter() - start, 1),
+                **scores(out.layers["sccr"], batch, labels),
+            }
+        )
 
 
 def run_big(folder: str, n_cells: int = 100_000) -> None:
@@ -234,15 +302,38 @@ def run_big(folder: str, n_cells: int = 100_000) -> None:
         big.X = big.X.astype(np.float32)
         big.write_h5ad(src)
     out = folder / f"pbmc3k_all_{n_cells}.zarr"
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "sccr.cli", "impute", str(src), str(out), "--genes", "all",
-               "--n-jobs", str(N_JOBS), "--force", "--quiet"]
+    command = [
+        "/usr/bin/time",
+        "-v",
+        sys.executable,
+        "-m",
+        "sccr.cli",
+        "impute",
+        str(src),
+        str(out),
+        "--genes",
+        "all",
+        "--n-jobs",
+        str(N_JOBS),
+        "--force",
+        "--quiet",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     rss = [line for line in proc.stderr.splitlines() if "Maximum resident set size" in line]
     peak = int(rss[0].split(":")[1]) / 1024 if rss else None
-    emit({"what": "big_all_genes", "n_cells": n_cells, "command": " ".join(command[2:]), "returncode": proc.returncode,
-          "seconds": round(seconds, 1), "peak_rss_mib": peak, "stderr_tail": proc.stderr[-300:] if proc.returncode else ""})
+    emit(
+        {
+            "what": "big_all_genes",
+            "n_cells": n_cells,
+            "command": " ".join(command[2:]),
+            "returncode": proc.returncode,
+            "seconds": round(seconds, 1),
+            "peak_rss_mib": peak,
+            "stderr_tail": proc.stderr[-300:] if proc.returncode else "",
+        }
+    )
 
 
 if __name__ == "__main__":
