@@ -64,6 +64,19 @@ def assert_same_run(local: ad.AnnData, other: ad.AnnData, key: str = "sccr") -> 
             assert (got[name] != want[name]).nnz == 0, name
 
 
+def test_dask_distributes_the_riding_genes(data, client):
+    """Genes outside the graph genes are propagated on the workers too, with the local result."""
+    mask = np.arange(data.n_vars) < 20
+    local = sccr.impute(data, mask_var=mask, copy=True, **FAST)
+    with distributed.get_task_stream(client) as stream:
+        remote = sccr.impute(data, mask_var=mask, copy=True, backend="dask", client=client, **FAST)
+    assert_same_run(local, remote)
+    assert remote.uns["sccr"]["params"]["n_graph_genes"] == 20 and "riding_genes" in remote.uns["sccr"]["timings"]
+    propagations = [task for task in stream.data if str(task["key"]).find("_propagate_task") >= 0]
+    # 5 propagations of the graph genes' stages (1 chunk each, the gene stage 5) and 3 of the 30 riding genes
+    assert len(propagations) >= 1 + 5 + 1 + 1 + 3
+
+
 @pytest.mark.parametrize("method", ["sccr", "scfp", "scbfp"])
 def test_dask_equals_local(data, client, method):
     local = sccr.impute(data, method=method, copy=True, **FAST)

@@ -8,14 +8,16 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
+import scipy.sparse as sp
 
-from ._adata import check_anndata, check_key_added, get_matrix, warn_duplicate_names
+from ._adata import batch_codes, check_anndata, check_key_added, get_matrix, select_genes, warn_duplicate_names
 from ._engine import DenseMatrix, Result, prepare
 from ._errors import InputError
 from ._estimator import SCCR
 from ._io import (
-    atomic_output, check_output_path, copy_anndata, create_layer, open_for_update, open_matrix,
-    output_format, read_anndata, write_anndata, write_element,
+    add_column, atomic_output, check_output_path, copy_anndata, create_layer, open_for_update, open_matrix,
+    output_format, read_anndata, read_column, write_anndata, write_element,
 )
 from ._options import DEFAULTS, OPTION_NAMES, Options, with_options_doc
 from ._preprocess import preprocess_paper
@@ -30,6 +32,11 @@ def impute(
     *,
     layer: str | None = None,
     key_added: str = "sccr",
+    genes: str | list = "all",
+    mask_var: str | np.ndarray | None = None,
+    n_top_genes: int | None = None,
+    batch_key: str | None = None,
+    batch_mode: str = "balanced",
     method: str = DEFAULTS.method,
     k: int = DEFAULTS.k,
     k_gene: int = DEFAULTS.k_gene,
@@ -69,7 +76,31 @@ def impute(
         except for scFP, ``varp[key_added + '_gene_graph']`` (gene-gene propagation
         weights; for scCR signed: associating > 0, dissociating < 0) and, for scCR,
         ``varp[key_added + '_gene_correlations']`` (the Pearson correlation behind
-        each chosen gene edge; see :func:`sccr.get.gene_partners`).
+        each chosen gene edge; see :func:`sccr.get.gene_partners`). When the graphs
+        use only some genes (below), ``var[key_added + '_graph_gene']`` and
+        ``var[key_added + '_imputed']`` say which genes built the graphs and which
+        were imputed, and the gene graphs are over the graph genes (zero elsewhere).
+    genes
+        The genes imputed (ALGORITHM.md, "Graph genes and propagated genes"):
+        ``"all"`` (every gene), ``"hvg"`` (the graph genes only) or a list of gene
+        names (with the graph genes). The layer covers every gene of ``adata``;
+        the columns of genes not imputed hold their input values, unchanged.
+    mask_var
+        The genes the cell graphs and the gene graph are built from: a boolean
+        ``var`` column or a boolean array (scanpy's convention). ``None``:
+        ``var['highly_variable']`` when present, else the ``n_top_genes`` of highest
+        variance when given, else every gene (with a warning above 5000 genes).
+        Every other imputed gene is propagated over the same cell graphs, in the
+        same stages; its cost is linear in their number (no extra neighbour search).
+    n_top_genes
+        Without a mask: build the graphs from this many genes of highest variance
+        of the matrix imputed.
+    batch_key
+        An ``obs`` column of batches: every cell graph finds each cell's neighbours
+        batch by batch (``batch_mode``), so that neighbours do not all come from the cell's own batch.
+    batch_mode
+        ``"balanced"`` (about (k + 1) / B neighbours from each of the B batches, the BBKNN idea)
+        or ``"within"`` (all k + 1 from the cell's own batch; batches are then imputed apart).
     {options}
     copy
         Return a new AnnData and leave ``adata`` untouched; required for a view
@@ -91,24 +122,65 @@ def impute(
     X = get_matrix(adata, layer)
     warn_duplicate_names(adata.obs_names, adata.var_names)
     options = Options(**{name: arguments[name] for name in OPTION_NAMES})
-    with prepare(X, options) as job:
+    var = adata.var
+    selection = select_genes(
+        adata.var_names, lambda name: var[name].to_numpy() if name in var.columns else None, X,
+        genes=genes, mask_var=mask_var, n_top_genes=n_top_genes, method=options.method,
+    )
+    batches = None if batch_key is None else batch_codes(_obs_column(adata.obs, batch_key), batch_key, batch_mode)
+    with prepare(X, options, genes=selection, batches=batches) as job:
         result = job.execute()
     adata = adata.copy() if copy else adata
     adata.layers[key_added] = result.imputed
-    for where, key, value in _outputs(result, options, key_added, layer):
-        getattr(adata, where)[key] = value
+    selected = _selection_record(genes, mask_var, n_top_genes, batch_key, batch_mode)
+    for where, key, value in _outputs(result, options, key_added, layer, selected):
+        if where == "var":
+            adata.var[key] = value
+        else:
+            getattr(adata, where)[key] = value
     return adata if copy else None
 
 
-def _outputs(result: Result, options: Options, key_added: str, layer: str | None) -> list[tuple[str, str, object]]:
+def _obs_column(obs, batch_key: str):
+    if batch_key not in obs.columns:
+        raise InputError(f"batch_key={batch_key!r} is not a column of obs; pass the obs column that holds each cell's batch")
+    return obs[batch_key].to_numpy()
+
+
+def _selection_record(genes, mask_var, n_top_genes, batch_key, batch_mode) -> dict:
+    """How the genes and batches were chosen, for ``uns[key_added]['params']``."""
+    return {
+        "genes": genes if isinstance(genes, str) else "list",
+        "mask_var": mask_var if isinstance(mask_var, str) or mask_var is None else "array",
+        "n_top_genes": n_top_genes, "batch_key": batch_key, "batch_mode": batch_mode if batch_key is not None else None,
+    }
+
+
+def _embed(G: sp.csr_matrix, index: np.ndarray, n: int) -> sp.csr_matrix:
+    """A graph over the genes ``index`` as an ``n x n`` matrix over all genes (zero elsewhere)."""
+    coo = G.tocoo()
+    out = sp.csr_matrix((coo.data, (index[coo.row], index[coo.col])), shape=(n, n), dtype=G.dtype)
+    out.sort_indices()
+    return out
+
+
+def _outputs(
+    result: Result, options: Options, key_added: str, layer: str | None, selected: dict | None = None
+) -> list[tuple[str, str, object]]:
     """``(where, key, value)`` of what a run adds to an AnnData besides the imputed layer."""
     decisions = result.decisions
+    genes = result.genes
+    if selected is not None and selected["genes"] == "all" and selected["mask_var"] is None and selected["n_top_genes"] is None and selected["batch_key"] is None:
+        selected = None  # the plain run records what it always recorded
     params = {
         # What scanpy's neighbors readers look for (sc.tl.umap, sc.tl.leiden with neighbors_key=key_added).
         "n_neighbors": options.k + 1, "method": "sccr", "metric": "cosine",
         "layer": layer, **options.record(), "n_jobs": decisions.n_jobs, "knn_used": decisions.knn_used,
         "scheduler": decisions.scheduler, "out_of_core": decisions.out_of_core, "input_on_disk": decisions.input_on_disk,
+        **({} if selected is None else {k: v for k, v in selected.items() if v is not None}),
     }
+    if genes is not None:
+        params["n_graph_genes"], params["n_imputed_genes"] = int(genes.graph.size), int(genes.imputed.sum())
     record = {
         "connectivities_key": f"{key_added}_connectivities",
         "distances_key": f"{key_added}_distances",
@@ -121,10 +193,15 @@ def _outputs(result: Result, options: Options, key_added: str, layer: str | None
         ("obsp", record["distances_key"], result.cell_distances),
         ("uns", key_added, record),
     ]
+    embed = (lambda G: G) if genes is None else (lambda G: _embed(G, genes.graph, genes.n_genes))
     if result.gene_graph is not None:
-        outputs.append(("varp", f"{key_added}_gene_graph", result.gene_graph))
+        outputs.append(("varp", f"{key_added}_gene_graph", embed(result.gene_graph)))
     if result.gene_correlations is not None:
-        outputs.append(("varp", f"{key_added}_gene_correlations", result.gene_correlations))
+        outputs.append(("varp", f"{key_added}_gene_correlations", embed(result.gene_correlations)))
+    if genes is not None:
+        graph = np.zeros(genes.n_genes, dtype=bool)
+        graph[genes.graph] = True
+        outputs += [("var", f"{key_added}_graph_gene", graph), ("var", f"{key_added}_imputed", genes.imputed.copy())]
     return outputs
 
 
@@ -134,8 +211,12 @@ def impute_file(
     *,
     layer: str | None = None,
     key_added: str = "sccr",
+    genes: str | list = "all",
+    mask_var: str | None = None,
+    n_top_genes: int | None = None,
+    batch_key: str | None = None,
+    batch_mode: str = "balanced",
     preprocess: str = "none",
-    n_top_genes: int = 2000,
     force: bool = False,
     echo: Callable[[str], None] = lambda message: None,
     **options,
@@ -159,12 +240,18 @@ def impute_file(
         suffix, ``.h5ad`` or ``.zarr``; across formats the input is copied
         element by element, its matrices in blocks); ``output`` must not exist
         unless ``force``.
-    layer, key_added
-        As in :func:`impute`.
+    layer, key_added, genes, mask_var, batch_key, batch_mode
+        As in :func:`impute` (``mask_var``: a column of the file's ``var``). The
+        riding genes are propagated super-panel by super-panel and the layer is
+        written in column blocks: the cost in memory of imputing every gene is
+        those blocks, not the N x all-genes matrix.
+    n_top_genes
+        ``preprocess="none"``: as in :func:`impute`. ``"paper"``: the genes the
+        paper's preprocessing keeps (default 2000), which then all build the graphs.
     preprocess
         ``"none"``: the matrix is log-normalised; ``"paper"``: it holds raw counts and
         :func:`sccr.pp.preprocess_paper` (``n_top_genes``) is applied first (this
-        reads the whole file into memory).
+        reads the whole file into memory; ``genes`` then applies to the genes it keeps).
     force
         Replace an existing ``output``.
     echo
@@ -187,13 +274,28 @@ def impute_file(
     with ExitStack() as stack:
         adata = None
         if preprocess == "paper":
-            adata = preprocess_paper(read_anndata(input), n_top_genes=n_top_genes, layer=layer)
+            adata = preprocess_paper(read_anndata(input), n_top_genes=2000 if n_top_genes is None else n_top_genes, layer=layer)
             layer, source, obs_names, var_names = None, adata.X, adata.obs_names, adata.var_names
             echo(f"preprocessed (paper): {adata.n_obs} cells x {adata.n_vars} genes")
+            var_column = lambda name: adata.var[name].to_numpy() if name in adata.var.columns else None  # noqa: E731
+            obs_column = lambda name: adata.obs[name].to_numpy() if name in adata.obs.columns else None  # noqa: E731
+            top = None
         else:
             source, obs_names, var_names = stack.enter_context(open_matrix(input, layer))
+            var_column = lambda name: read_column(input, "var", name)  # noqa: E731
+            obs_column = lambda name: read_column(input, "obs", name)  # noqa: E731
+            top = n_top_genes
         warn_duplicate_names(obs_names, var_names)
-        job = stack.enter_context(prepare(source, opts, output_in_memory=False))
+        selection = select_genes(var_names, var_column, source, genes=genes, mask_var=mask_var, n_top_genes=top, method=opts.method)
+        batches = None
+        if batch_key is not None:
+            column = obs_column(batch_key)
+            if column is None:
+                raise InputError(f"batch_key={batch_key!r} is not a column of obs; pass the obs column that holds each cell's batch")
+            batches = batch_codes(column, batch_key, batch_mode)
+        job = stack.enter_context(prepare(source, opts, output_in_memory=False, genes=selection, batches=batches, output_path=output))
+        if selection is not None:
+            echo(f"graphs from {selection.graph.size} genes; imputing {int(selection.imputed.sum())} of {selection.n_genes} genes")
         del source
         if job.decisions.input_on_disk:
             echo(f"streamed the input matrix into a scratch file ({job.shape[0]} cells x {job.shape[1]} genes)")
@@ -205,8 +307,12 @@ def impute_file(
                 del adata
             with open_for_update(tmp, kind) as f:
                 result = job.execute(out=DenseMatrix(create_layer(f, key_added, job.shape)))
-                for where, key, value in _outputs(result, opts, key_added, layer):
-                    write_element(f, where, key, value)
+                selected = _selection_record(genes, mask_var, n_top_genes, batch_key, batch_mode)
+                for where, key, value in _outputs(result, opts, key_added, layer, selected):
+                    if where == "var":
+                        add_column(f, "var", key, value)
+                    else:
+                        write_element(f, where, key, value)
         model = SCCR(**options)
         model._set_fitted(result, job.X)
     del model.imputed_  # the layer of a file that is now closed

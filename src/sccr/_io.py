@@ -367,3 +367,24 @@ def write_element(f, where: str, key: str, value) -> None:
     if key in group:
         del group[key]
     write_elem(group, key, value)
+
+
+def read_column(path: str | os.PathLike, axis: str, name: str) -> np.ndarray | None:
+    """Column ``name`` of ``obs`` or ``var`` (``axis``) of an .h5ad file or .zarr store, or ``None`` if there is none."""
+    path = Path(path)
+    kind = _format_of_input(path)
+    with _readable(path), _open(path, kind, "r") as f:
+        frame = f[axis]
+        if name not in frame or name == frame.attrs.get("_index"):
+            return None
+        return np.asarray(read_elem(frame[name]))
+
+
+def add_column(f, axis: str, name: str, values: np.ndarray) -> None:
+    """Add (or replace) column ``name`` of the ``obs``/``var`` dataframe of an open .h5ad file or zarr store."""
+    frame = f[axis]
+    if name in frame:
+        del frame[name]
+    write_elem(frame, name, values)
+    order = [str(c) for c in np.atleast_1d(frame.attrs.get("column-order", [])) if str(c) != name]
+    frame.attrs["column-order"] = order + [name]

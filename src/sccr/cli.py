@@ -65,7 +65,11 @@ def _add_impute(sub) -> None:
     p.add_argument("--layer", default=None, help="layer to impute instead of X")
     p.add_argument("--key-added", default="sccr", help="name of the output layer, uns, obsp and varp entries (default: sccr)")
     p.add_argument("--preprocess", default="none", choices=["paper", "none"], help="'paper': INPUT holds raw counts, apply the paper's preprocessing first; 'none' (default): INPUT is log-normalised")
-    p.add_argument("--n-top-genes", type=int, default=2000, help="genes kept by --preprocess paper (default: 2000)")
+    p.add_argument("--genes", default="all", metavar="all|hvg|FILE", help="genes imputed: all (default), hvg (the graph genes only), or a FILE of gene names, one per line (with the graph genes); the layer covers every gene, those not imputed keep their input values")
+    p.add_argument("--mask-var", default=None, metavar="COLUMN", help="boolean var column of the genes the graphs are built from (default: highly_variable when present, else --n-top-genes, else every gene)")
+    p.add_argument("--n-top-genes", type=int, default=None, help="--preprocess none: without a mask, build the graphs from this many genes of highest variance; --preprocess paper: the genes it keeps (default: 2000)")
+    p.add_argument("--batch-key", default=None, metavar="COLUMN", help="obs column of batches: every cell graph finds neighbours batch by batch")
+    p.add_argument("--batch-mode", default="balanced", choices=["balanced", "within"], help="with --batch-key: balanced (about (k+1)/B neighbours from each of B batches; default) or within (own batch only)")
     _add_options(p)
     p.set_defaults(handler=_impute)
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="dask scheduler for --backend dask, e.g. tcp://host:8786 (default: start a local cluster of --n-jobs single-threaded worker processes)")
@@ -140,6 +144,7 @@ def _impute_on(args, client) -> None:
     options = {f.name: getattr(args, f.name) for f in cli_fields()}
     model = impute_file(
         args.input, args.output, layer=args.layer, key_added=args.key_added, preprocess=args.preprocess,
+        genes=_genes(args.genes), mask_var=args.mask_var, batch_key=args.batch_key, batch_mode=args.batch_mode,
         n_top_genes=args.n_top_genes, force=args.force, echo=echo,
         **options, progress=False if args.quiet else None, client=client,
     )
@@ -147,6 +152,23 @@ def _impute_on(args, client) -> None:
     where = "in memory" if not model.out_of_core_ else ("out of core, input streamed" if model.input_on_disk_ else "out of core")
     echo(f"imputed {n} cells x {g} genes with {args.method} ({where}, {model.knn_used_} neighbours) in {time.perf_counter() - start:.2f} s")
     echo(f"wrote {args.output} (layer {args.key_added!r})")
+
+
+def _genes(value: str):
+    """``all``, ``hvg``, or the gene names listed in the file ``value`` (one per line; blank lines and # comments skipped)."""
+    from pathlib import Path
+
+    from ._errors import InputError
+
+    if value in ("all", "hvg"):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise InputError(f"--genes must be all, hvg or a file of gene names, one per line; {value!r} is not a file")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not names:
+        raise InputError(f"--genes file {value!r} lists no gene; write one gene name per line")
+    return names
 
 
 def _demo(args) -> None:

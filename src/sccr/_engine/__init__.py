@@ -6,6 +6,7 @@ way in for a run is :func:`prepare` (then :meth:`Job.execute`) or :func:`run`.
 =================  ============================================================
 ``entry``          the entry: prepare (validate, plan memory, stream) and execute
 ``pipeline``       the stages of scCR, scFP and scBFP, in order
+``genes``          graph genes and the genes that ride along the cell graphs
 ``graph``          exact cosine k-NN graphs and the signed gene graph
 ``ann``            approximate k-NN for large numbers of cells
 ``propagation``    the numba propagation kernel and its chunk loops
@@ -20,13 +21,15 @@ way in for a run is :func:`prepare` (then :meth:`Job.execute`) or :func:`run`.
 
 from .checks import ValueSummary, canonical, check_counts, check_dtype, check_expression, check_shape
 from .dask import connect
-from .graph import knn_graph, resolve_knn
+from .genes import MANY_GRAPH_GENES, GeneSelection, top_variance_genes
+from .graph import BATCH_MODES, knn_graph, resolve_knn
 from .matrix import PANEL_WIDTH, READ_BLOCK_BYTES, ROW_BLOCK, DenseMatrix, Matrix, StoredInput, dense
 from .memory import SKIP_ENV
-from .pipeline import Decisions, Result
+from .pipeline import Batches, Decisions, Result
 from .entry import Job, prepare, run
 
 __all__ = [
+    "BATCH_MODES", "MANY_GRAPH_GENES", "Batches", "GeneSelection", "top_variance_genes",
     "PANEL_WIDTH", "READ_BLOCK_BYTES", "ROW_BLOCK", "SKIP_ENV", "Decisions", "DenseMatrix", "Job", "Matrix",
     "Result", "StoredInput", "ValueSummary", "canonical", "check_counts", "check_dtype", "check_expression",
     "check_shape", "connect", "dense", "knn_graph", "prepare", "resolve_knn", "run",

@@ -14,10 +14,11 @@ import scipy.sparse as sp
 from .._options import Options
 from .checks import ValueSummary, canonical, check_expression
 from .execution import Execution, executing
+from .genes import GeneSelection, check_batches, check_selection
 from .graph import resolve_knn
 from .matrix import Matrix, PanelFile, StoredInput, Workspace
 from .memory import plan
-from .pipeline import Decisions, Result, run_stages
+from .pipeline import Batches, Decisions, Result, run_stages
 
 
 def _stream_into(stored: StoredInput, store: PanelFile, k: int, k_gene: int | None) -> PanelFile:
@@ -50,8 +51,12 @@ class Job:
         What was decided: threads, neighbour search, in memory or out of core.
     """
 
-    def __init__(self, X, options: Options, decisions: Decisions, execution: Execution, workspace: Workspace) -> None:
+    def __init__(
+        self, X, options: Options, decisions: Decisions, execution: Execution, workspace: Workspace,
+        genes: GeneSelection | None = None, batches: Batches | None = None,
+    ) -> None:
         self.X, self.options, self.decisions = X, options, decisions
+        self.genes, self.batches = genes, batches
         self._execution, self._workspace = execution, workspace
 
     @property
@@ -62,7 +67,9 @@ class Job:
         """Run the stages into ``out`` (a writable matrix, e.g. a dataset of the output file; default: a new array)."""
         extra = {} if chunk is None else {"chunk": chunk}
         with executing(self._execution):
-            result = run_stages(self.X, self.options, workspace=self._workspace, out=out, **extra)
+            result = run_stages(
+                self.X, self.options, workspace=self._workspace, out=out, genes=self.genes, batches=self.batches, **extra
+            )
         result.decisions = self.decisions
         return result
 
@@ -76,20 +83,33 @@ class Job:
         self.close()
 
 
-def prepare(source, options: Options, *, output_in_memory: bool = True) -> Job:
+def prepare(
+    source, options: Options, *, output_in_memory: bool = True, genes: GeneSelection | None = None,
+    batches: Batches | None = None, output_path=None,
+) -> Job:
     """Check ``source`` and plan the run's memory before any work.
 
     ``source``: an array or sparse matrix in memory, or a :class:`~.matrix.StoredInput`
     (an input still in its file), which is read into memory, or streamed into a
     scratch file and checked block by block when only that fits. A run that fits
-    nowhere is refused (:class:`~sccr.InputError`) here.
+    nowhere is refused (:class:`~sccr.InputError`) here. ``genes``: graph genes and
+    imputed genes (``None``: all genes are both); ``batches``: batch of every cell;
+    ``output_path``: the file the imputed layer is written to (its disk space is checked).
     """
     k_gene = None if options.method == "scfp" else options.k_gene
+    if genes is not None:
+        check_selection(genes, tuple(source.shape), options.method, options.k_gene)
+        if genes.trivial:
+            genes = None
+    if batches is not None:
+        check_batches(batches.codes, source.shape[0], options.k, batches.mode, batches.names)
+    n_graph = None if genes is None else int(genes.graph.size)
     workspace = Workspace(scratch_dir=options.scratch_dir)
     try:
         if isinstance(source, StoredInput):
             out_of_core, input_on_disk = plan(
-                source.shape, source.nnz, options, output_in_memory=output_in_memory, input_bytes=source.in_memory_bytes()
+                source.shape, source.nnz, options, output_in_memory=output_in_memory, input_bytes=source.in_memory_bytes(),
+                n_graph_genes=n_graph, output_path=output_path,
             )
             workspace.out_of_core = out_of_core
             if input_on_disk:
@@ -99,7 +119,9 @@ def prepare(source, options: Options, *, output_in_memory: bool = True) -> Job:
         else:
             X = check_expression(source, options.k, k_gene=k_gene)
             nnz = X.nnz if sp.issparse(X) else None
-            out_of_core, input_on_disk = plan(X.shape, nnz, options, output_in_memory=output_in_memory)
+            out_of_core, input_on_disk = plan(
+                X.shape, nnz, options, output_in_memory=output_in_memory, n_graph_genes=n_graph, output_path=output_path
+            )
             workspace.out_of_core = out_of_core
         remote = None
         if options.backend == "dask":
@@ -110,7 +132,7 @@ def prepare(source, options: Options, *, output_in_memory: bool = True) -> Job:
             n_jobs=options.n_jobs, knn_used=resolve_knn(options.knn, X.shape[0]), out_of_core=out_of_core,
             input_on_disk=input_on_disk, scheduler=None if remote is None else remote.address,
         )
-        return Job(X, options, decisions, Execution(options.n_jobs, options.progress, remote), workspace)
+        return Job(X, options, decisions, Execution(options.n_jobs, options.progress, remote), workspace, genes, batches)
     except BaseException:
         workspace.close()
         raise

@@ -385,3 +385,58 @@ def signed_gene_neighbours(
 
     with current().bar("gene graph", -(-g // gene_block_rows(g))) as bar:
         return top_neighbours(_counted(correlation_blocks(), bar), g, k + 1, signed=True)
+
+
+#: How a cell graph finds neighbours across batches (``batch_key=``): ``"balanced"``, about
+#: (k + 1) / B from each of the B batches (the BBKNN idea); ``"within"``, all k + 1 from the cell's own batch.
+BATCH_MODES = ("balanced", "within")
+
+
+def _cross_top(Qn, Rn, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``m`` rows of row-normalised ``Rn`` most cosine-similar to each row of ``Qn`` (float32, ties: lower index)."""
+    nq, nr = Qn.shape[0], Rn.shape[0]
+    m = min(m, nr)
+    indices = np.empty((nq, m), dtype=np.int64)
+    values = np.empty((nq, m), dtype=np.float32)
+    step = similarity_block_rows(nr)
+    RnT = Rn.T.tocsr() if sp.issparse(Rn) else Rn.T
+    for start in range(0, nq, step):
+        S = Qn[start : start + step] @ RnT
+        S = S.toarray() if sp.issparse(S) else np.asarray(S)
+        S = S.astype(np.float32, copy=False)
+        indices[start : start + step], values[start : start + step] = block_top(0, S, m)
+    return indices, values
+
+
+def batched_neighbours(
+    M, k: int, batches: np.ndarray, *, mode: str = "balanced", knn: str = "exact", random_state: int | None = 0,
+    desc: str = "neighbour search",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbours of every row of ``M`` found batch by batch (``batches``: an integer code per row).
+
+    ``"within"``: each row's ``k + 1`` neighbours (itself included) by :func:`knn_neighbours`
+    among the rows of its own batch. ``"balanced"``: ``ceil((k + 1) / B)`` from each of the
+    ``B`` batches, its own batch (itself included) by :func:`knn_neighbours`, the others by an
+    exact float32 cosine search of that batch. Similarities are clipped at 0, as in :func:`knn_neighbours`.
+    """
+    M = in_memory(M)
+    M = sp.csr_matrix(M, dtype=np.float32) if sp.issparse(M) else np.ascontiguousarray(M, dtype=np.float32)
+    labels = np.unique(batches)
+    members = [np.flatnonzero(batches == b) for b in labels]
+    per_batch = k + 1 if mode == "within" else -(-(k + 1) // len(labels))
+    n = M.shape[0]
+    width = per_batch if mode == "within" else per_batch * len(labels)
+    indices = np.zeros((n, width), dtype=np.int64)
+    values = np.zeros((n, width), dtype=np.float32)
+    normalised = [_row_normalised(M[rows]) for rows in members] if mode == "balanced" else None
+    for a, rows in enumerate(members):
+        own_i, own_v = knn_neighbours(M[rows], per_batch - 1, knn=knn, random_state=random_state, desc=f"{desc} (batch {a + 1})")
+        parts_i, parts_v = [rows[own_i]], [own_v]
+        if mode == "balanced":
+            for b, other in enumerate(members):
+                if b != a:
+                    i, v = _cross_top(normalised[a], normalised[b], per_batch)
+                    parts_i.append(other[i])
+                    parts_v.append(np.maximum(v, 0))
+        indices[rows], values[rows] = np.hstack(parts_i), np.hstack(parts_v)
+    return indices, values

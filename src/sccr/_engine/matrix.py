@@ -34,6 +34,9 @@ ROW_BLOCK = 4096
 SIMILARITY_BLOCK_ELEMENTS = 1 << 23
 #: Bytes of a block when a stored input is read or copied piece by piece.
 READ_BLOCK_BYTES = 64 << 20
+#: Bytes of the blocks of genes that ride along (ALGORITHM.md, "Graph genes and propagated genes"),
+#: five N x w float32 blocks at once: their start, two propagated copies, the result and the output block.
+RIDE_ALONG_BYTES = 1 << 30
 #: Bytes of one column slice of a matrix read in row blocks, during approximate scoring.
 SLICE_BYTES = 2 << 30
 

@@ -10,11 +10,14 @@ of a cgroup limit (containers, batch schedulers), with a POSIX fallback.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from .._errors import InputError
 from .._options import Options, format_size
 from .ann import search_bytes
+from .genes import ride_along_width
 from .graph import resolve_knn
 from .matrix import PANEL_WIDTH, ROW_BLOCK, SIMILARITY_BLOCK_ELEMENTS
 from .pipeline import MEMORY_PEAKS
@@ -144,6 +147,79 @@ def estimate_peak_bytes(
     return stages + sparse + graphs + gene_graph + threads
 
 
+def estimate_selection_peak_bytes(
+    n_cells: int,
+    n_genes: int,
+    n_graph_genes: int,
+    nnz: int | None,
+    *,
+    method: str,
+    k: int,
+    k_gene: int,
+    n_jobs: int,
+    out_of_core: bool = False,
+    output_in_memory: bool = True,
+    exact: bool = True,
+    input_on_disk: bool = False,
+) -> int:
+    """Peak bytes of a run whose graphs use ``n_graph_genes`` of the ``n_genes`` columns (the others ride along).
+
+    The stages run over the graph genes (:func:`estimate_peak_bytes` of that shape, into
+    one N x G_graph matrix, a scratch file when ``out_of_core``) beside a copy of the
+    graph genes' columns of the input; then that matrix is held while the riding genes
+    go through the propagations in super-panels (:func:`~.genes.ride_along_width`). An
+    output in memory (N x all genes) is counted throughout. Linear in ``n_genes``.
+    """
+    n, g, gg = int(n_cells), int(n_genes), int(n_graph_genes)
+    sparse_input = nnz is not None and not input_on_disk
+    pipeline = estimate_peak_bytes(
+        n, gg, nnz, method=method, k=k, k_gene=k_gene, n_jobs=n_jobs, out_of_core=out_of_core,
+        output_in_memory=not out_of_core, exact=exact, input_on_disk=input_on_disk,
+    )
+    copy = 0 if input_on_disk else (12 * int(nnz) if sparse_input else 4 * n * gg)
+    held = 0 if out_of_core else 4 * n * gg
+    # Five float32 blocks per super-panel, the CSC copy of a sparse input, the kept cell graphs, the threads.
+    ride = 5 * 4 * n * ride_along_width(n) + (12 * int(nnz) if sparse_input else 0)
+    graphs = 3 * 2 * GRAPH_KEPT_BYTES * n * (k + 1)
+    threads = n_jobs * 21 * n * PANEL_WIDTH
+    output = 4 * n * g if output_in_memory else 0
+    return output + max(pipeline + copy, held + ride + graphs + threads)
+
+
+def _free_bytes(folder) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def check_disk(
+    shape: tuple[int, int], n_graph_genes: int | None, options: Options, *, out_of_core: bool, input_on_disk: bool,
+    output_path=None,
+) -> None:
+    """Refuse a run whose dense output layer (an .h5ad file) or scratch files cannot fit on their disks."""
+    n, g = shape
+    gg = g if n_graph_genes is None else n_graph_genes
+    if output_path is not None and Path(output_path).suffix == ".h5ad":
+        folder = Path(output_path).resolve().parent
+        free, layer = _free_bytes(folder), 4 * n * g
+        if free is not None and layer > free:
+            raise InputError(
+                f"the imputed layer of {n} cells x {g} genes takes {format_size(layer)} on disk (dense float32, "
+                f"uncompressed in .h5ad) but {str(folder)!r} has {format_size(free)} free; write a .zarr store "
+                "(compressed), impute fewer genes (genes='hvg' or a list; --genes hvg|FILE), or write to a larger disk"
+            )
+    if out_of_core:
+        folder = options.scratch_dir or tempfile.gettempdir()
+        free = _free_bytes(folder)
+        scratch = 3 * 4 * n * gg + (4 * n * g if input_on_disk else 0)
+        if free is not None and scratch > free:
+            raise InputError(
+                f"scratch files of {n} cells x {gg} graph genes need about {format_size(scratch)} but {str(folder)!r} "
+                f"has {format_size(free)} free; pass scratch_dir= (--scratch-dir) on a larger disk, or impute fewer genes"
+            )
+
+
 def plan(
     shape: tuple[int, int],
     nnz: int | None,
@@ -151,6 +227,8 @@ def plan(
     *,
     output_in_memory: bool = True,
     input_bytes: int | None = None,
+    n_graph_genes: int | None = None,
+    output_path=None,
 ) -> tuple[bool, bool]:
     """``(out_of_core, input_on_disk)`` for a run on a ``shape`` input (``nnz``: stored entries of a sparse one).
 
@@ -161,8 +239,17 @@ def plan(
     matrices in scratch files; then also the input, streamed into one. When even
     that does not fit, :class:`~sccr.InputError` with the estimate and the fixes.
     An unknown amount of available memory, or ``SCCR_SKIP_MEMORY_CHECK=1`` without a
-    budget, means in memory.
+    budget, means in memory. ``n_graph_genes``: the graphs use that many of the genes
+    and the others ride along (:func:`estimate_selection_peak_bytes`). ``output_path``:
+    the file the layer is written to; with scratch files, both disks are checked
+    (:func:`check_disk`).
     """
+    step = _plan_memory(shape, nnz, options, output_in_memory, input_bytes, n_graph_genes)
+    check_disk(shape, n_graph_genes, options, out_of_core=step[0], input_on_disk=step[1], output_path=output_path)
+    return step
+
+
+def _plan_memory(shape, nnz, options, output_in_memory, input_bytes, n_graph_genes) -> tuple[bool, bool]:
     p = options
     budget = p.memory_budget
     if budget is None:
@@ -174,12 +261,14 @@ def plan(
     n, g = shape
     held = 0 if input_bytes is None else input_bytes
 
-    def need(out_of_core: bool, input_on_disk: bool = False) -> int:
-        return (0 if input_on_disk else held) + estimate_peak_bytes(
-            n, g, nnz, method=p.method, k=p.k, k_gene=p.k_gene, n_jobs=p.n_jobs,
-            out_of_core=out_of_core, output_in_memory=output_in_memory,
-            exact=resolve_knn(p.knn, n) == "exact", input_on_disk=input_on_disk,
+    def need(out_of_core: bool, input_on_disk: bool = False, output: bool = output_in_memory) -> int:
+        common = dict(
+            method=p.method, k=p.k, k_gene=p.k_gene, n_jobs=p.n_jobs, out_of_core=out_of_core,
+            output_in_memory=output, exact=resolve_knn(p.knn, n) == "exact", input_on_disk=input_on_disk,
         )
+        if n_graph_genes is not None:
+            return (0 if input_on_disk else held) + estimate_selection_peak_bytes(n, g, n_graph_genes, nnz, **common)
+        return (0 if input_on_disk else held) + estimate_peak_bytes(n, g, nnz, **common)
 
     steps = [(False, False), (True, False)] + ([(True, True)] if input_bytes is not None else [])
     for step in steps:
@@ -189,6 +278,13 @@ def plan(
         return steps[-1]
     least = need(*steps[-1])
     limit = f"the memory budget is {format_size(budget)}" if p.memory_budget is not None else f"{format_size(budget)} is available"
+    if output_in_memory and need(*steps[-1], output=False) <= budget:
+        raise InputError(
+            f"the imputed layer of {n} cells x {g} genes takes {format_size(4 * n * g)} in memory (dense float32) "
+            f"and the run about {format_size(least)}, but {limit}; impute fewer genes (genes='hvg' or a list of "
+            "genes), or impute the file out of core: sccr.impute_file(input, 'imputed.zarr', genes='all') "
+            "(command line: sccr impute --genes all INPUT imputed.zarr), which writes the layer panel by panel"
+        )
     raise InputError(
         f"imputing {n} cells x {g} genes with {p.method} needs about {format_size(least)} of memory "
         f"even out of core ({format_size(need(False))} in memory) but {limit}; raise "

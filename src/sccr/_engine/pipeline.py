@@ -17,7 +17,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._options import Options
-from .graph import graph_from_neighbours, knn_graph, knn_neighbours, neighbour_distances, signed_gene_neighbours
+from .genes import GeneSelection, graph_columns, ride_along, scfp_stages, sccr_stages
+from .graph import (
+    batched_neighbours, graph_from_neighbours, knn_graph, knn_neighbours, neighbour_distances, signed_gene_neighbours,
+)
 from .matrix import PANEL_WIDTH, ROW_BLOCK, DenseMatrix, Matrix, PanelFile, SparseMatrix, Workspace, as_matrix
 from .propagation import propagate, propagate_chunks
 
@@ -33,6 +36,10 @@ MEMORY_PEAKS = {
     "scfp": ((0, "input"), (1, "search"), (1, "output")),
     "scbfp": ((0, "transposed"), (1, "search"), (1, "output")),
 }
+#: With genes riding along (ALGORITHM.md, "Graph genes and propagated genes"), the stages above run over
+#: the graph genes into one N x G_graph matrix; then it is held while the riding genes' super-panels
+#: (``"ride"``) fill the output over all genes.
+RIDE_ALONG_PEAK = (1, "ride")
 
 
 @dataclass
@@ -52,6 +59,10 @@ class Result:
     work: dict[str, int] = field(default_factory=dict)
     #: What the engine decided for this run (set by :meth:`sccr._engine.entry.Job.execute`).
     decisions: Decisions | None = None
+    #: With genes riding along: the cell graphs each riding gene was propagated over, in order.
+    propagation_graphs: tuple[sp.csr_matrix, ...] | None = None
+    #: With a gene selection: which genes built the graphs and which were imputed.
+    genes: GeneSelection | None = None
 
 
 @dataclass(frozen=True)
@@ -160,16 +171,40 @@ def _propagate_stage(
     return out
 
 
-def _knn_stage(t: _Timer, stage: str, M: Matrix, p: Options, *, sym: bool, desc: str) -> sp.csr_matrix:
+@dataclass(frozen=True)
+class Batches:
+    """Batch of every cell (integer codes) and how the cell graphs find neighbours across batches."""
+
+    codes: np.ndarray
+    mode: str = "balanced"
+    #: The batch of each code, for messages.
+    names: tuple | None = None
+
+
+def _neighbours(M: Matrix, p: Options, batches: Batches | None, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    if batches is None:
+        return knn_neighbours(M, p.k, knn=p.knn, random_state=p.random_state, desc=desc)
+    return batched_neighbours(
+        M, p.k, batches.codes, mode=batches.mode, knn=p.knn, random_state=p.random_state, desc=desc
+    )
+
+
+def _knn_stage(
+    t: _Timer, stage: str, M: Matrix, p: Options, *, sym: bool, desc: str, batches: Batches | None = None
+) -> sp.csr_matrix:
     """A cell graph over the rows of ``M`` (read whole for the exact search, in row blocks for the approximate one)."""
     with t.stage(stage):
-        return knn_graph(M, p.k, sym=sym, knn=p.knn, random_state=p.random_state, desc=desc)
+        if batches is None:
+            return knn_graph(M, p.k, sym=sym, knn=p.knn, random_state=p.random_state, desc=desc)
+        return graph_from_neighbours(*_neighbours(M, p, batches, desc), sym=sym)
 
 
-def _final_knn_stage(t: _Timer, stage: str, M: Matrix, p: Options, *, desc: str) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+def _final_knn_stage(
+    t: _Timer, stage: str, M: Matrix, p: Options, *, desc: str, batches: Batches | None = None
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """The final cell graph (``sym_final``) and the distances to its neighbours."""
     with t.stage(stage):
-        indices, values = knn_neighbours(M, p.k, knn=p.knn, random_state=p.random_state, desc=desc)
+        indices, values = _neighbours(M, p, batches, desc)
         return graph_from_neighbours(indices, values, sym=p.sym_final), neighbour_distances(indices, values)
 
 
@@ -183,10 +218,14 @@ def _signed_correlations(indices: np.ndarray, correlations: np.ndarray) -> sp.cs
     return C
 
 
-def _run_sccr(X: Matrix, p: Options, t: _Timer, ws: Workspace, out: Matrix, chunk: int) -> Result:
+def _run_sccr(
+    X: Matrix, p: Options, t: _Timer, ws: Workspace, out: Matrix, chunk: int, batches: Batches | None, keep: list | None
+) -> Result:
     shape = X.shape
-    A1 = _knn_stage(t, "knn_cells_1", X, p, sym=True, desc="cell graph 1")
+    A1 = _knn_stage(t, "knn_cells_1", X, p, sym=True, desc="cell graph 1", batches=batches)
     D0 = _propagate_stage(t, "hard_fp_1", A1, X, p, ws.new("D0", shape, chunk), hard=True, desc="pre-imputation", chunk=chunk)
+    if keep is not None:
+        keep.append(A1)
     del A1
     with t.stage("gene_graph"):
         mean, std = standardisation(D0)
@@ -196,7 +235,7 @@ def _run_sccr(X: Matrix, p: Options, t: _Timer, ws: Workspace, out: Matrix, chun
     with t.stage("gene_fp"):
         C = propagate_over_genes(S, D0, X, mean, std, p.n_iter, out=ws.new("C", shape, chunk))
     t.work["gene_fp"] = int(S.nnz) * shape[0] * p.n_iter
-    A2 = _knn_stage(t, "knn_cells_2", C, p, sym=True, desc="cell graph 2")
+    A2 = _knn_stage(t, "knn_cells_2", C, p, sym=True, desc="cell graph 2", batches=batches)
     ws.free(C)
     # Step 4, fused into the store of each chunk: B = (1 - alpha) * D1 + alpha * D0.
     B = _propagate_stage(
@@ -204,25 +243,33 @@ def _run_sccr(X: Matrix, p: Options, t: _Timer, ws: Workspace, out: Matrix, chun
         desc="refined propagation", chunk=chunk, blend=(p.alpha, D0),
     )
     ws.free(D0)
+    if keep is not None:
+        keep.append(A2)
     del A2
-    A3, distances = _final_knn_stage(t, "knn_cells_3", B, p, desc="cell graph 3")
+    A3, distances = _final_knn_stage(t, "knn_cells_3", B, p, desc="cell graph 3", batches=batches)
     # Step 6, fused likewise: output = (1 - gamma) * F + gamma * B.
     _propagate_stage(t, "soft_fp", A3, X, p, out, hard=False, desc="denoising", chunk=chunk, blend=(p.gamma, B))
     ws.free(B)
     return Result(out, A3, distances, S, R, t.timings, t.work)
 
 
-def _run_scfp(X: Matrix, p: Options, t: _Timer, ws: Workspace, out: Matrix, chunk: int) -> Result:
-    A1 = _knn_stage(t, "knn_cells_1", X, p, sym=True, desc="cell graph 1")
+def _run_scfp(
+    X: Matrix, p: Options, t: _Timer, ws: Workspace, out: Matrix, chunk: int, batches: Batches | None, keep: list | None
+) -> Result:
+    A1 = _knn_stage(t, "knn_cells_1", X, p, sym=True, desc="cell graph 1", batches=batches)
     D0 = _propagate_stage(t, "hard_fp_1", A1, X, p, ws.new("D0", X.shape, chunk), hard=True, desc="pre-imputation", chunk=chunk)
+    if keep is not None:
+        keep.append(A1)
     del A1
-    A2, distances = _final_knn_stage(t, "knn_cells_2", D0, p, desc="cell graph 2")
+    A2, distances = _final_knn_stage(t, "knn_cells_2", D0, p, desc="cell graph 2", batches=batches)
     _propagate_stage(t, "soft_fp", A2, D0, p, out, hard=False, desc="denoising", chunk=chunk)
     ws.free(D0)
     return Result(out, A2, distances, None, None, t.timings, t.work)
 
 
-def _run_scbfp(X: Matrix, p: Options, t: _Timer, ws: Workspace, out: Matrix, chunk: int) -> Result:
+def _run_scbfp(
+    X: Matrix, p: Options, t: _Timer, ws: Workspace, out: Matrix, chunk: int, batches: Batches | None, keep: list | None
+) -> Result:
     with t.stage("gene_graph"):
         source = X.array if isinstance(X, SparseMatrix) else X.to_array()  # genes x cells in memory
         XT = source.T.tocsr() if sp.issparse(source) else np.ascontiguousarray(source.T)
@@ -233,7 +280,7 @@ def _run_scbfp(X: Matrix, p: Options, t: _Timer, ws: Workspace, out: Matrix, chu
     with t.stage("gene_fp"):
         _propagate_cells_as_features(Ag, X.shape[0], lambda a, b: (X.rows(a, b), None), Dg.write_rows, p.n_iter)
     t.work["gene_fp"] = int(Ag.nnz) * X.shape[0] * p.n_iter
-    A, distances = _final_knn_stage(t, "knn_cells_1", Dg, p, desc="cell graph")
+    A, distances = _final_knn_stage(t, "knn_cells_1", Dg, p, desc="cell graph", batches=batches)
     _propagate_stage(t, "soft_fp", A, Dg, p, out, hard=False, desc="denoising", chunk=chunk)
     ws.free(Dg)
     return Result(out, A, distances, Ag, None, t.timings, t.work)
@@ -243,7 +290,8 @@ _RUNNERS = {"sccr": _run_sccr, "scfp": _run_scfp, "scbfp": _run_scbfp}
 
 
 def run_stages(
-    X, p: Options, *, workspace: Workspace | None = None, out: Matrix | None = None, chunk: int = PANEL_WIDTH
+    X, p: Options, *, workspace: Workspace | None = None, out: Matrix | None = None, chunk: int = PANEL_WIDTH,
+    genes: GeneSelection | None = None, batches: Batches | None = None,
 ) -> Result:
     """Impute validated ``X`` (cells x genes, float32: dense, CSR, or a :class:`~.matrix.Matrix`) with ``p.method``.
 
@@ -251,14 +299,34 @@ def run_stages(
     remote executor). ``workspace`` makes the intermediate matrices (default:
     numpy arrays); ``out`` receives the imputed matrix (default: a new array,
     returned as ``Result.imputed``); ``chunk``: columns per propagation chunk
-    (changes no result).
+    (changes no result). ``genes``: the graph genes and the imputed genes
+    (ALGORITHM.md, "Graph genes and propagated genes"; ``None``: every gene is both);
+    ``batches``: build every cell graph batch by batch.
     """
     t = _Timer()
     start = time.perf_counter()
     X = as_matrix(X)
     ws = Workspace() if workspace is None else workspace
     target = DenseMatrix(np.empty(X.shape, dtype=np.float32)) if out is None else out
-    result = _RUNNERS[p.method](X, p, t, ws, target, chunk)
+    if genes is None or genes.trivial:
+        result = _RUNNERS[p.method](X, p, t, ws, target, chunk, batches, None)
+    else:
+        with t.stage("graph_genes"):
+            Xg = graph_columns(X, genes.graph)
+        graph_output = ws.new("graph_output", Xg.shape, chunk)
+        kept: list[sp.csr_matrix] = []
+        result = _RUNNERS[p.method](Xg, p, t, ws, graph_output, chunk, batches, kept)
+        del Xg
+        graphs = (*kept, result.cell_graph)
+        stages = sccr_stages(*graphs, p, chunk) if p.method == "sccr" else scfp_stages(*graphs, p, chunk)
+        if p.method == "scbfp":  # no gene rides along (refused in prepare): the graph genes' result and the input
+            graphs, stages = (), None
+        with t.stage("riding_genes"):
+            ride_along(X, genes, graph_output, stages, target, chunk=chunk)
+        t.work["riding_genes"] = sum(int(A.nnz) for A in graphs) * genes.n_riding * p.n_iter
+        ws.free(graph_output)
+        result.propagation_graphs = graphs or None
+        result.genes = genes
     result.imputed = target.array if out is None else target
     t.timings["total"] = time.perf_counter() - start
     return result
