@@ -10,12 +10,12 @@ from pathlib import Path
 import anndata as ad
 
 from ._adata import check_anndata, check_key_added, get_matrix, warn_duplicate_names
-from ._engine import DenseMatrix, Result, prepare
+from ._engine import DenseMatrix, Result, check_checkpoint_folder, no_space_named, prepare
 from ._errors import InputError
 from ._estimator import SCCR
 from ._io import (
-    atomic_output, check_output_path, copy_anndata, create_layer, open_for_update, open_matrix,
-    output_format, read_anndata, write_anndata, write_element,
+    added_bytes, atomic_output, check_output_path, copy_anndata, create_layer, open_for_update, open_matrix,
+    output_bytes, output_format, output_lock, read_anndata, reserve_space, sweep_notes, write_anndata, write_element,
 )
 from ._options import DEFAULTS, OPTION_NAMES, Options, with_options_doc
 from ._preprocess import preprocess_paper
@@ -109,6 +109,8 @@ def _outputs(result: Result, options: Options, key_added: str, layer: str | None
         "layer": layer, **options.record(), "n_jobs": decisions.n_jobs, "knn_used": decisions.knn_used,
         "scheduler": decisions.scheduler, "out_of_core": decisions.out_of_core, "input_on_disk": decisions.input_on_disk,
     }
+    if decisions.resumed_after is not None:
+        params["resumed_after"] = decisions.resumed_after
     record = {
         "connectivities_key": f"{key_added}_connectivities",
         "distances_key": f"{key_added}_distances",
@@ -137,6 +139,7 @@ def impute_file(
     preprocess: str = "none",
     n_top_genes: int = 2000,
     force: bool = False,
+    checkpoint: str | os.PathLike | None = None,
     echo: Callable[[str], None] = lambda message: None,
     **options,
 ) -> SCCR:
@@ -151,6 +154,12 @@ def impute_file(
     memory whole either. The output is a copy of ``input`` with what
     :func:`impute` adds (layer, graphs, record), written to a temporary file or
     folder beside ``output`` and renamed at the end; ``input`` is never modified.
+
+    Faults: a second run writing the same ``output`` is refused while this one
+    runs (a lock file beside it); what runs killed earlier left beside ``output``
+    or in the scratch folder is removed first (and named through ``echo``); a run
+    whose files do not fit on disk is refused before it starts, and a full disk
+    met on the way is one error naming the folder (see docs/errors.md, "Faults").
 
     Parameters
     ----------
@@ -167,6 +176,12 @@ def impute_file(
         reads the whole file into memory).
     force
         Replace an existing ``output``.
+    checkpoint
+        A folder (made if missing) where each finished stage's result is kept, with
+        a fingerprint of the input and the options: rerunning the same call after the
+        run was killed resumes after the last finished stage, with bitwise the same
+        output. A checkpoint made for another input, other options or another
+        version of sccr is discarded. It is deleted once the output is written.
     echo
         Receives progress messages (the command line prints them).
     **options
@@ -184,7 +199,15 @@ def impute_file(
     if preprocess not in PREPROCESSING:
         raise InputError(f"preprocess must be 'paper' or 'none', got {preprocess!r}")
     opts = Options.from_kwargs(**options)  # every option checked before anything is read
+    if checkpoint is not None:
+        checkpoint = check_checkpoint_folder(checkpoint)
+    folder = output.resolve().parent
+    for note in sweep_notes(folder):
+        echo(note)
     with ExitStack() as stack:
+        previous = stack.enter_context(output_lock(output))
+        if previous is not None:
+            echo(f"took over the lock of {str(output)!r} from sccr run {previous.describe()}, which has ended")
         adata = None
         if preprocess == "paper":
             adata = preprocess_paper(read_anndata(input), n_top_genes=n_top_genes, layer=layer)
@@ -193,20 +216,30 @@ def impute_file(
         else:
             source, obs_names, var_names = stack.enter_context(open_matrix(input, layer))
         warn_duplicate_names(obs_names, var_names)
-        job = stack.enter_context(prepare(source, opts, output_in_memory=False))
+        output_size = output_bytes(Path(input) if adata is None else None, source.shape, opts.k, opts.k_gene)
+        if adata is not None:
+            output_size += adata.X.data.nbytes if hasattr(adata.X, "data") else adata.X.nbytes
+        job = stack.enter_context(
+            prepare(source, opts, output_in_memory=False, checkpoint=checkpoint, disk=[(folder, output_size, "the output")])
+        )
         del source
+        for note in job.notes:
+            echo(note)
         if job.decisions.input_on_disk:
             echo(f"streamed the input matrix into a scratch file ({job.shape[0]} cells x {job.shape[1]} genes)")
-        with atomic_output(output) as tmp:
+        with no_space_named(folder, "the output", output_size), atomic_output(output) as tmp:
             if adata is None:
                 copy_anndata(Path(input), tmp, kind)
             else:
                 write_anndata(adata, tmp, kind)
                 del adata
+            if kind == "h5ad":
+                reserve_space(tmp, added_bytes(job.shape, opts.k, opts.k_gene))
             with open_for_update(tmp, kind) as f:
                 result = job.execute(out=DenseMatrix(create_layer(f, key_added, job.shape)))
                 for where, key, value in _outputs(result, opts, key_added, layer):
                     write_element(f, where, key, value)
+        job.commit()
         model = SCCR(**options)
         model._set_fitted(result, job.X)
     del model.imputed_  # the layer of a file that is now closed
