@@ -169,6 +169,8 @@ class Checkpoint:
             pass
         except (OSError, ValueError):
             self.notes.append(f"checkpoint in {str(self.folder)!r} is unreadable: discarded, starting from the first stage")
+        if isinstance(manifest, dict) and manifest.get("made_folder"):
+            self._created = True  # sccr made the folder: it goes with the checkpoint, whatever happens to this one
         if manifest is not None:
             if manifest.get("fingerprint") != self.fingerprint or manifest.get("stage") not in self.stages:
                 self.notes.append(

@@ -16,7 +16,8 @@ An owner on this host is alive while its process exists (``os.kill(pid, 0)``)
 and still holds the marker's lock; the lock guards against a reused process id.
 :func:`sweep` removes what belongs to owners that are gone and names what it
 removed; what belongs to a live run, or to a run on another host (sccr cannot see
-its processes), is left alone and named.
+its processes), is left alone and named, and so is what has no marker at all (left
+by an older sccr, whose runs may still be going).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ HOST = socket.gethostname()
 OWNER_MARKER = ".sccr-owner"
 #: Prefix of the scratch folders (``tempfile.mkdtemp``).
 SCRATCH_PREFIX = "sccr-scratch-"
-#: A folder without a readable marker is judged only once it is this old (seconds):
-#: a run writes its marker a moment after making the folder, so a younger one may be starting.
+#: A lock file without an owner written in it is judged stale only once it is this old (seconds):
+#: a run writes its name a moment after making it, so a younger one may be being taken.
 UNMARKED_GRACE_S = 60.0
 #: How long :func:`claim` waits for a lock held only by a sweeper (its owner is gone).
 CLAIM_PATIENCE_S = 5.0
@@ -134,6 +135,8 @@ def _locked_by_someone(path: Path) -> bool | None:
 
 #: States of a marker: its owner runs, is gone, is on another host, or the marker says nothing (yet).
 LIVE, GONE, ELSEWHERE, UNKNOWN = "live", "gone", "elsewhere", "unknown"
+#: What :func:`sweep` calls a leftover without an owner marker (never removed).
+UNMARKED = "unmarked"
 
 
 def owner_state(marker: Path) -> tuple[str, Owner | None]:
@@ -188,9 +191,11 @@ def mark(path: Path) -> Claim:
             if isinstance(err, BlockingIOError):
                 raise
             # no lock support on this file system: the process id alone marks the owner
-        os.write(fd, Owner.me().to_json().encode())
+        with no_space_named(path.parent, "an owner marker", None):
+            os.write(fd, Owner.me().to_json().encode())
     except BaseException:
         os.close(fd)
+        path.unlink(missing_ok=True)
         raise
     return Claim(path, fd, None)
 
@@ -228,9 +233,15 @@ def claim(path: Path, busy: Callable[[Owner | None], InputError]) -> Claim:
         if previous is not None and (not previous.here or (not flock_ok and alive)):
             os.close(fd)
             raise busy(previous)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, Owner.me().to_json().encode(), 0)
-        return Claim(path, fd, previous)
+        lock = Claim(path, fd, previous)
+        try:
+            with no_space_named(path.parent, "the lock file", None):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, Owner.me().to_json().encode(), 0)
+        except BaseException:
+            lock.release()
+            raise
+        return lock
 
 
 # --- leftovers --------------------------------------------------------------------------------
@@ -242,7 +253,8 @@ class Leftover:
 
     path: Path
     kind: str
-    #: ``"removed"``, ``"restored"`` (a replaced output put back), ``"live"``, ``"elsewhere"``, ``"recent"``, ``"stale"`` (dry run)
+    #: ``"removed"``, ``"restored"`` (a replaced output put back), ``"live"``, ``"elsewhere"``, ``"unmarked"``,
+    #: ``"recent"``, ``"stale"`` (would be removed: a dry run)
     outcome: str
     owner: Owner | None
     size: int
@@ -260,6 +272,11 @@ class Leftover:
             return f"kept {str(self.path)!r} ({what}): {whose} is still running"
         if self.outcome == "elsewhere":
             return f"kept {str(self.path)!r} ({what}) of {whose}: sccr cannot tell from here whether it still runs; delete it by hand once it has ended"
+        if self.outcome == UNMARKED:
+            return (
+                f"kept {str(self.path)!r} ({what}): it has no owner marker (left by an sccr older than this one, or by a "
+                "run of one still going); delete it by hand if no such run uses it"
+            )
         return f"kept {str(self.path)!r} ({what}): too recent to judge"
 
 
@@ -348,11 +365,11 @@ def sweep(folder: str | os.PathLike, *, dry_run: bool = False) -> list[Leftover]
 
 
 def _sweep_owned(shown: Path, marker: Path, kind: str, paths: list[Path], dry_run: bool) -> Leftover:
-    """One scratch folder (or checkpoint part): removed when its marker's owner is gone."""
+    """One scratch folder: removed when its marker's owner is gone; one without a marker is never removed."""
     state, owner = owner_state(marker)
     size = sum(size_of(p) for p in paths)
-    if state == UNKNOWN and not _old_enough(shown):
-        return Leftover(shown, kind, "recent", None, size)
+    if state == UNKNOWN:
+        return Leftover(shown, kind, UNMARKED, None, size)
     if state in (LIVE, ELSEWHERE):
         return Leftover(shown, kind, state, owner, size)
     if dry_run:
@@ -368,20 +385,23 @@ def _sweep_owned(shown: Path, marker: Path, kind: str, paths: list[Path], dry_ru
 def _sweep_output(output: Path, paths: list[Path], dry_run: bool) -> list[Leftover]:
     """The temporary outputs of ``output`` and its lock: removed (a replaced output put back) when the lock's owner is gone.
 
-    Without a lock (a run of an older sccr) only ``.tmp.h5ad`` files and ``.tmp.zarr`` folders are recognised.
+    Without a lock (left by an sccr before owner markers, maybe still running) only
+    ``.tmp.h5ad`` files and ``.tmp.zarr`` folders are recognised, and kept.
     """
     lock = lock_path(output)
     has_lock = lock in paths
     temps = [p for p in paths if p != lock and (has_lock or _is_plain_temp(p))]
     if not temps and not has_lock:
         return []
-    state, owner = owner_state(lock) if has_lock else (UNKNOWN, None)
-    if state == UNKNOWN and not all(_old_enough(p) for p in temps + ([lock] if has_lock else [])):
-        state = "recent"
+    if not has_lock:
+        return [Leftover(p, _kind(p), UNMARKED, None, size_of(p)) for p in temps]
+    state, owner = owner_state(lock)
+    if state == UNKNOWN:  # a lock without an owner: being taken right now, or its taker died before writing its name
+        state = "stale" if _old_enough(lock) else "recent"
     if state in (LIVE, ELSEWHERE, "recent"):
         return [Leftover(p, _kind(p), state, owner, size_of(p)) for p in temps]
     if dry_run:
-        return [Leftover(p, _kind(p), "stale", owner, size_of(p)) for p in temps + ([lock] if has_lock else [])]
+        return [Leftover(p, _kind(p), "stale", owner, size_of(p)) for p in temps + [lock]]
     out = []
     with _holding(lock) as held:
         if not held:
@@ -396,9 +416,8 @@ def _sweep_output(output: Path, paths: list[Path], dry_run: bool) -> list[Leftov
                 continue
             remove(path)
             out.append(Leftover(path, _kind(path), "removed", owner, size))
-        if has_lock:
-            out.append(Leftover(lock, "lock file", "removed", owner, size_of(lock)))
-            lock.unlink(missing_ok=True)
+        out.append(Leftover(lock, "lock file", "removed", owner, size_of(lock)))
+        lock.unlink(missing_ok=True)
     return out
 
 
