@@ -37,7 +37,11 @@ def write(folder: Path, X: np.ndarray, name: str = "in.h5ad") -> Path:
 
 def outputs(path: Path) -> dict:
     a = ad.read_h5ad(path)
-    return {"layer": a.layers["sccr"], **{f"obsp/{k}": v for k, v in a.obsp.items()}, **{f"varp/{k}": v for k, v in a.varp.items()}}
+    return {
+        "layer": a.layers["sccr"],
+        **{f"obsp/{k}": v for k, v in a.obsp.items()},
+        **{f"varp/{k}": v for k, v in a.varp.items()},
+    }
 
 
 def assert_same(a: dict, b: dict) -> None:
@@ -64,7 +68,9 @@ def kill_after(monkeypatch, stage: str) -> None:
 def budget(shape, method: str) -> int:
     from sccr._engine.memory import estimate_peak_bytes
 
-    return estimate_peak_bytes(*shape, None, method=method, k=5, k_gene=2, n_jobs=1, out_of_core=True, output_in_memory=False)
+    return estimate_peak_bytes(
+        *shape, None, method=method, k=5, k_gene=2, n_jobs=1, out_of_core=True, output_in_memory=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +92,12 @@ def outputs_of(source: Path, out: Path, **options) -> dict:
 CASES = [(m, stage.name, ooc) for m in STAGES for stage in STAGES[m][:-1] for ooc in (False, True)]
 
 
-@pytest.mark.parametrize("method,stage,out_of_core", CASES, ids=[f"{m}-{s}-{'ooc' if o else 'mem'}" for m, s, o in CASES])
-def test_resume_after_each_stage_is_bitwise_the_uninterrupted_run(method, stage, out_of_core, source, uninterrupted, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "method,stage,out_of_core", CASES, ids=[f"{m}-{s}-{'ooc' if o else 'mem'}" for m, s, o in CASES]
+)
+def test_resume_after_each_stage_is_bitwise_the_uninterrupted_run(
+    method, stage, out_of_core, source, uninterrupted, tmp_path, monkeypatch
+):
     options = dict(method=method, scratch_dir=str(tmp_path))
     if out_of_core:
         options["memory_budget"] = budget((150, 40), method)
@@ -114,7 +124,9 @@ def test_a_checkpoint_made_in_memory_resumes_out_of_core(source, uninterrupted, 
         kill_after(m, "gene_fp")
         with pytest.raises(Killed):
             sccr.impute_file(source, out, checkpoint=ck, **OPTIONS)
-    model = sccr.impute_file(source, out, checkpoint=ck, memory_budget=budget((150, 40), "sccr"), scratch_dir=str(tmp_path), **OPTIONS)
+    model = sccr.impute_file(
+        source, out, checkpoint=ck, memory_budget=budget((150, 40), "sccr"), scratch_dir=str(tmp_path), **OPTIONS
+    )
     assert model.out_of_core_
     assert_same(outputs(out), uninterrupted["sccr"])
 
@@ -142,7 +154,14 @@ def test_a_changed_input_or_option_invalidates_the_checkpoint(change, source, un
         assert_same(outputs(out), uninterrupted["sccr"])
     else:
         assert "was made for another input, other options or another version of sccr: discarded" in " ".join(notes)
-        assert_same(outputs(out), outputs_of(rerun_source, tmp_path / "fresh.h5ad", **{k: v for k, v in options.items() if k not in OPTIONS or OPTIONS[k] != v}))
+        assert_same(
+            outputs(out),
+            outputs_of(
+                rerun_source,
+                tmp_path / "fresh.h5ad",
+                **{k: v for k, v in options.items() if k not in OPTIONS or OPTIONS[k] != v},
+            ),
+        )
     assert not ck.exists()
 
 
@@ -195,7 +214,18 @@ def test_checkpoint_folder_errors(source, tmp_path, capsys):
 
     (tmp_path / "file").write_text("x")
     for where, phrase in [("file", "is a file; pass a folder"), ("missing/ck", "parent")]:
-        code = main(["impute", str(source), str(tmp_path / "out.h5ad"), "--k", "5", "--quiet", "--checkpoint", str(tmp_path / where)])
+        code = main(
+            [
+                "impute",
+                str(source),
+                str(tmp_path / "out.h5ad"),
+                "--k",
+                "5",
+                "--quiet",
+                "--checkpoint",
+                str(tmp_path / where),
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2 and "checkpoint folder" in err and phrase in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

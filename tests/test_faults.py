@@ -65,13 +65,17 @@ def write_input(folder: Path, n_cells: int = 120, n_genes: int = 40, name: str =
 def out_of_core_budget(shape, **kw) -> int:
     from sccr._engine.memory import estimate_peak_bytes
 
-    return estimate_peak_bytes(*shape, None, method="sccr", k=5, k_gene=2, n_jobs=1, out_of_core=True, output_in_memory=False, **kw)
+    return estimate_peak_bytes(
+        *shape, None, method="sccr", k=5, k_gene=2, n_jobs=1, out_of_core=True, output_in_memory=False, **kw
+    )
 
 
 def arrays(path: Path) -> dict:
     a = ad.read_zarr(path) if path.suffix == ".zarr" else ad.read_h5ad(path)
     return {
-        "layer": a.layers["sccr"], "connectivities": a.obsp["sccr_connectivities"], "distances": a.obsp["sccr_distances"],
+        "layer": a.layers["sccr"],
+        "connectivities": a.obsp["sccr_connectivities"],
+        "distances": a.obsp["sccr_distances"],
         **{key: a.varp[key] for key in a.varp},
     }
 
@@ -202,6 +206,18 @@ def test_sccr_clean_dry_run_then_clean(tmp_path, capsys):
     assert code == 2 and "does not exist" in err
 
 
+def test_sccr_clean_removes_a_killed_save_and_keeps_the_checkpoint(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "sccr-checkpoint.json").write_text("{}")
+    (ck / "sccr-checkpoint-B.f32").write_bytes(b"kept")
+    (ck / "sccr-checkpoint-A3.npz.part").write_bytes(b"half")
+    write_owner(ck / ".sccr-lock", dead_pid())
+    code, out, _ = run_cli(capsys, "clean", ck)
+    assert code == 0 and "removed stale checkpoint part" in out
+    assert sorted(p.name for p in ck.iterdir()) == [".sccr-lock", "sccr-checkpoint-B.f32", "sccr-checkpoint.json"]
+
+
 def test_an_interrupted_zarr_replacement_is_put_back(tmp_path):
     """Killed between moving the old store aside and renaming the new one into place: the old OUTPUT comes back."""
     aside = tmp_path / ".out.zarr.abcd1234.old"
@@ -222,7 +238,11 @@ def test_impute_removes_and_names_what_killed_runs_left(tmp_path, capsys, refere
     code, _, err = _verbose(capsys, "impute", src, tmp_path / "out.h5ad", "--scratch-dir", scratch)
     assert code == 0, err
     assert err.count("removed stale") == 3
-    assert not any(p.exists() for p in left.values()) and leftovers(tmp_path, scratch) == ["scratch"] and not any(scratch.iterdir())
+    assert (
+        not any(p.exists() for p in left.values())
+        and leftovers(tmp_path, scratch) == ["scratch"]
+        and not any(scratch.iterdir())
+    )
     assert_same(arrays(tmp_path / "out.h5ad"), reference)
     assert digest(src) == before
 
@@ -290,10 +310,18 @@ sccr.cli.entry()
 
 
 def start_driver(args, *, pause_at: str = "-", env=None) -> subprocess.Popen:
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        **(env or {}),
+    }
     return subprocess.Popen(
         [sys.executable, "-c", PAUSING_DRIVER, pause_at, *map(str, args)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
     )
 
 
@@ -344,7 +372,11 @@ KILLS = [
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum,stage,occurrence,out_of_core", KILLS, ids=[f"{s.name}-{st}{o}-{'ooc' if c else 'mem'}" for s, st, o, c in KILLS])
+@pytest.mark.parametrize(
+    "signum,stage,occurrence,out_of_core",
+    KILLS,
+    ids=[f"{s.name}-{st}{o}-{'ooc' if c else 'mem'}" for s, st, o, c in KILLS],
+)
 def test_killed_run_resumes_to_the_same_output(signum, stage, occurrence, out_of_core, tmp_path, capsys, reference):
     rng = random.Random(f"{signum}{stage}{occurrence}{out_of_core}")
     scratch = tmp_path / "scratch"
@@ -365,7 +397,9 @@ def test_killed_run_resumes_to_the_same_output(signum, stage, occurrence, out_of
         proc.kill()
     if signum == signal.SIGTERM:
         assert proc.returncode == 143 and err.strip().endswith("sccr: error: terminated"), err
-        assert leftovers(tmp_path) == ["ck", "scratch"] and not any(scratch.iterdir())  # cleaned up, the checkpoint kept
+        assert leftovers(tmp_path) == ["ck", "scratch"] and not any(
+            scratch.iterdir()
+        )  # cleaned up, the checkpoint kept
     else:
         assert proc.returncode == -signal.SIGKILL
     assert not out.exists()  # never a partial OUTPUT: killed before the rename, there is none
@@ -470,17 +504,30 @@ def test_scratch_files_and_output_on_one_file_system_add_up(tmp_path, capsys, mo
 
     need_output = output_bytes(src, (120, 40), 5, 2)
     monkeypatch.setattr(files.shutil, "disk_usage", lambda p: Usage(1 << 30, 0, need_output + 1000))
-    code, _, err = run_cli(capsys, "impute", src, tmp_path / "out.h5ad", *CLI, "--scratch-dir", tmp_path,
-                           "--memory-budget", str(out_of_core_budget((120, 40))))
+    code, _, err = run_cli(
+        capsys,
+        "impute",
+        src,
+        tmp_path / "out.h5ad",
+        *CLI,
+        "--scratch-dir",
+        tmp_path,
+        "--memory-budget",
+        str(out_of_core_budget((120, 40))),
+    )
     assert code == 2 and "for the output and the scratch files" in err
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("where,what", [
-    ("sccr._engine.matrix._pwrite_from", "while writing scratch files"),
-    ("sccr._anndata.reserve_space", "while writing the output"),
-    ("sccr._io.shutil.copyfile", "while writing the output"),
-], ids=["scratch", "output-layer", "output-copy"])
+@pytest.mark.parametrize(
+    "where,what",
+    [
+        ("sccr._engine.matrix._pwrite_from", "while writing scratch files"),
+        ("sccr._anndata.reserve_space", "while writing the output"),
+        ("sccr._io.shutil.copyfile", "while writing the output"),
+    ],
+    ids=["scratch", "output-layer", "output-copy"],
+)
 def test_a_full_disk_on_the_way_is_one_line_and_leaves_nothing(where, what, tmp_path, capsys, monkeypatch):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -488,11 +535,25 @@ def test_a_full_disk_on_the_way_is_one_line_and_leaves_nothing(where, what, tmp_
     before = digest(src)
     out, kept = precious_output(tmp_path)
     monkeypatch.setattr(where, no_space)
-    code, _, err = run_cli(capsys, "impute", src, out, *CLI, "--force", "--scratch-dir", scratch,
-                           "--memory-budget", str(out_of_core_budget((120, 40))))
+    code, _, err = run_cli(
+        capsys,
+        "impute",
+        src,
+        out,
+        *CLI,
+        "--force",
+        "--scratch-dir",
+        scratch,
+        "--memory-budget",
+        str(out_of_core_budget((120, 40))),
+    )
     folder = scratch if "scratch" in what else tmp_path
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert f"no space left in {str(folder)!r} {what}" in err and "the run needs about" in err and "partial files were removed" in err
+    assert (
+        f"no space left in {str(folder)!r} {what}" in err
+        and "the run needs about" in err
+        and "partial files were removed" in err
+    )
     assert digest(out) == kept and digest(src) == before
     assert leftovers(tmp_path) == ["scratch"] and not any(scratch.iterdir())
 
@@ -514,7 +575,9 @@ def test_a_full_disk_while_checkpointing_keeps_the_finished_stages(tmp_path, cap
 
     monkeypatch.setattr(checkpoint, "_write_panels", full_on_second)
     code, _, err = run_cli(capsys, "impute", src, out, *CLI, "--checkpoint", ck)
-    assert code == 2 and f"no space left in {str(ck)!r} while writing the checkpoint (its finished stages are kept)" in err
+    assert (
+        code == 2 and f"no space left in {str(ck)!r} while writing the checkpoint (its finished stages are kept)" in err
+    )
     kept = sorted(p.name for p in ck.iterdir())
     assert not any(name.endswith(".part") for name in kept) and "sccr-checkpoint-D0.f32" in kept
     assert leftovers(tmp_path) == ["ck"]
@@ -542,7 +605,7 @@ ls -A {mnt} > {work}/left.txt
 TMPFS_DRIVER = {
     "checked": "import sys, sccr.cli; sys.argv = ['sccr', *sys.argv[1:]]; sccr.cli.entry()",
     "unchecked": "import sys, sccr.cli, sccr._engine.entry as e; e.check_free_space = lambda needs: None; "
-                 "sys.argv = ['sccr', *sys.argv[1:]]; sccr.cli.entry()",
+    "sys.argv = ['sccr', *sys.argv[1:]]; sccr.cli.entry()",
 }
 
 
@@ -560,8 +623,9 @@ def test_a_real_full_tmpfs(check, tmp_path):
     src = write_input(tmp_path, n_cells=3000, n_genes=200)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    script = TMPFS_SCRIPT.format(size="6m", mnt=mnt, src=src, work=tmp_path, python=sys.executable,
-                                 driver=TMPFS_DRIVER[check], cli=" ".join(CLI))
+    script = TMPFS_SCRIPT.format(
+        size="6m", mnt=mnt, src=src, work=tmp_path, python=sys.executable, driver=TMPFS_DRIVER[check], cli=" ".join(CLI)
+    )
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -571,7 +635,9 @@ def test_a_real_full_tmpfs(check, tmp_path):
     assert len(lines) == 1 and "Traceback" not in err, err
     phrase = "not enough free space in" if check == "checked" else "no space left in"
     assert phrase in lines[0] and str(mnt) in lines[0]
-    assert (tmp_path / "before.txt").read_text() == (tmp_path / "after.txt").read_text()  # INPUT and the old OUTPUT intact
+    assert (tmp_path / "before.txt").read_text() == (
+        tmp_path / "after.txt"
+    ).read_text()  # INPUT and the old OUTPUT intact
     assert (tmp_path / "left.txt").read_text().split() == ["in.h5ad", "out.h5ad"]
 
 

@@ -14,8 +14,21 @@ from ._engine import DenseMatrix, Result, check_checkpoint_folder, no_space_name
 from ._errors import InputError
 from ._estimator import SCCR
 from ._io import (
-    added_bytes, atomic_output, check_output_path, copy_anndata, create_layer, open_for_update, open_matrix,
-    output_bytes, output_format, output_lock, read_anndata, reserve_space, sweep_notes, write_anndata, write_element,
+    added_bytes,
+    atomic_output,
+    check_output_path,
+    copy_anndata,
+    create_layer,
+    open_for_update,
+    open_matrix,
+    output_bytes,
+    output_format,
+    output_lock,
+    read_anndata,
+    reserve_space,
+    sweep_notes,
+    write_anndata,
+    write_element,
 )
 from ._options import DEFAULTS, OPTION_NAMES, Options, with_options_doc
 from ._preprocess import preprocess_paper

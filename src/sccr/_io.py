@@ -21,8 +21,18 @@ import zarr
 from anndata.io import read_elem, sparse_dataset, write_elem
 
 from ._engine import (
-    ELSEWHERE, PANEL_WIDTH, READ_BLOCK_BYTES, ROW_BLOCK, Owner, StoredInput, check_dtype, check_shape, claim, lock_path,
-    size_of, sweep,
+    ELSEWHERE,
+    PANEL_WIDTH,
+    READ_BLOCK_BYTES,
+    ROW_BLOCK,
+    Owner,
+    StoredInput,
+    check_dtype,
+    check_shape,
+    claim,
+    lock_path,
+    size_of,
+    sweep,
 )
 from ._errors import InputError
 

@@ -32,15 +32,15 @@ from .._errors import InputError
 from .._options import Options
 from .._versions import versions
 from .checks import canonical
-from .files import Claim, Owner, claim, no_space_named, remove
+from .files import CHECKPOINT_LOCK, CHECKPOINT_PREFIX, Claim, Owner, claim, no_space_named, remove
 from .matrix import PANEL_WIDTH, ROW_BLOCK, DenseMatrix, Matrix, PanelFile, Workspace, _pwrite_from, as_matrix
 
 #: Version of the folder's layout; a checkpoint of another layout is discarded.
 FORMAT = 1
 MANIFEST = "sccr-checkpoint.json"
-LOCK = ".sccr-lock"
+LOCK = CHECKPOINT_LOCK
 #: Every file of a checkpoint starts so (and only those are ever deleted from its folder).
-PREFIX = "sccr-checkpoint"
+PREFIX = CHECKPOINT_PREFIX
 PART = ".part"
 #: Options that change no number (left out of the fingerprint).
 NEUTRAL_OPTIONS = ("n_jobs", "progress", "backend", "client", "scratch_dir", "memory_budget")
@@ -109,7 +109,9 @@ def _busy(folder: Path):
                 f"here whether it still runs: if it has ended, delete {str(folder / LOCK)!r}"
             )
         who = "another sccr run" if owner is None else f"sccr run {owner.describe()}"
-        return InputError(f"checkpoint folder {str(folder)!r} is in use by {who}; wait for it to finish or pass another --checkpoint folder")
+        return InputError(
+            f"checkpoint folder {str(folder)!r} is in use by {who}; wait for it to finish or pass another --checkpoint folder"
+        )
 
     return error
 
@@ -136,7 +138,9 @@ class Checkpoint:
         #: Bytes the stage states may take at once (named when the disk fills up).
         self.needed: int | None = None
         if lock.previous is not None:
-            self.notes.append(f"took over checkpoint folder {str(folder)!r} from sccr run {lock.previous.describe()}, which has ended")
+            self.notes.append(
+                f"took over checkpoint folder {str(folder)!r} from sccr run {lock.previous.describe()}, which has ended"
+            )
 
     @classmethod
     def lock(cls, folder: str | os.PathLike) -> Checkpoint:
@@ -168,7 +172,9 @@ class Checkpoint:
         except FileNotFoundError:
             pass
         except (OSError, ValueError):
-            self.notes.append(f"checkpoint in {str(self.folder)!r} is unreadable: discarded, starting from the first stage")
+            self.notes.append(
+                f"checkpoint in {str(self.folder)!r} is unreadable: discarded, starting from the first stage"
+            )
         if isinstance(manifest, dict) and manifest.get("made_folder"):
             self._created = True  # sccr made the folder: it goes with the checkpoint, whatever happens to this one
         if manifest is not None:
@@ -179,7 +185,9 @@ class Checkpoint:
                 )
                 manifest = None
             elif not self._complete(manifest):
-                self.notes.append(f"checkpoint in {str(self.folder)!r} is missing files: discarded, starting from the first stage")
+                self.notes.append(
+                    f"checkpoint in {str(self.folder)!r} is missing files: discarded, starting from the first stage"
+                )
                 manifest = None
         self.manifest = manifest or {}
         self.stage = None if manifest is None else manifest["stage"]
@@ -199,7 +207,9 @@ class Checkpoint:
         return True
 
     def _listed(self) -> set[str]:
-        return {item["file"] for item in self.manifest.get("items", {}).values()} | ({MANIFEST} if self.manifest else set())
+        return {item["file"] for item in self.manifest.get("items", {}).values()} | (
+            {MANIFEST} if self.manifest else set()
+        )
 
     def _remove_unlisted(self) -> None:
         """Delete sccr's files the manifest does not name (parts of a killed save, a discarded checkpoint)."""
@@ -243,8 +253,13 @@ class Checkpoint:
                 continue
             items[name] = self._write(name, value)
         manifest = {
-            "format": FORMAT, "fingerprint": self.fingerprint, "stage": stage, "items": items,
-            "timings": timings, "work": work, "owner": json.loads(Owner.me().to_json()),
+            "format": FORMAT,
+            "fingerprint": self.fingerprint,
+            "stage": stage,
+            "items": items,
+            "timings": timings,
+            "work": work,
+            "owner": json.loads(Owner.me().to_json()),
             "made_folder": self._created or bool(self.manifest.get("made_folder")),
         }
         part = self.folder / (MANIFEST + PART)

@@ -12,6 +12,7 @@ Every face (estimator, AnnData functions, command line, benchmark) goes through
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -68,6 +69,8 @@ class Job:
         self.X, self.options, self.decisions = X, options, decisions
         self._execution, self._workspace, self._checkpoint = execution, workspace, checkpoint
         self.notes = notes or []
+        #: Seconds spent preparing, reported with the stages' (``"fingerprint"``: hashing the input for a checkpoint).
+        self.timings: dict[str, float] = {}
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -79,6 +82,7 @@ class Job:
         with executing(self._execution):
             result = run_stages(self.X, self.options, workspace=self._workspace, out=out, checkpoint=self._checkpoint, **extra)
         result.decisions = self.decisions
+        result.timings.update(self.timings)
         return result
 
     def commit(self) -> None:
@@ -177,11 +181,16 @@ def prepare(
             n_jobs=options.n_jobs, knn_used=resolve_knn(options.knn, X.shape[0]), out_of_core=out_of_core,
             input_on_disk=input_on_disk, scheduler=None if remote is None else remote.address,
         )
+        timings = {}
         if store is not None:
+            start = time.perf_counter()
             store.attach(fingerprint(X, options), stage_names(options.method))
+            timings["fingerprint"] = time.perf_counter() - start
             notes += store.notes
             decisions = replace(decisions, resumed_after=store.stage)
-        return Job(X, options, decisions, Execution(options.n_jobs, options.progress, remote), workspace, store, notes)
+        job = Job(X, options, decisions, Execution(options.n_jobs, options.progress, remote), workspace, store, notes)
+        job.timings = timings
+        return job
     except BaseException:
         workspace.close()
         if store is not None:

@@ -46,6 +46,8 @@ HOST = socket.gethostname()
 OWNER_MARKER = ".sccr-owner"
 #: Prefix of the scratch folders (``tempfile.mkdtemp``).
 SCRATCH_PREFIX = "sccr-scratch-"
+#: The lock of a checkpoint folder, and the start of every file of a checkpoint (:mod:`.checkpoint`).
+CHECKPOINT_LOCK, CHECKPOINT_PREFIX = ".sccr-lock", "sccr-checkpoint"
 #: A lock file without an owner written in it is judged stale only once it is this old (seconds):
 #: a run writes its name a moment after making it, so a younger one may be being taken.
 UNMARKED_GRACE_S = 60.0
@@ -263,7 +265,9 @@ class Leftover:
         whose = f"run {self.owner.describe()}" if self.owner is not None else "a run that left no owner marker"
         what = f"{self.kind}, {format_size(self.size)}"
         if self.outcome == "removed":
-            return f"removed stale {self.kind} {str(self.path)!r} ({format_size(self.size)}) of {whose}, which has ended"
+            return (
+                f"removed stale {self.kind} {str(self.path)!r} ({format_size(self.size)}) of {whose}, which has ended"
+            )
         if self.outcome == "stale":
             return f"would remove stale {self.kind} {str(self.path)!r} ({format_size(self.size)}) of {whose}, which has ended"
         if self.outcome == "restored":
@@ -340,8 +344,10 @@ def _holding(marker: Path) -> Iterator[bool]:
 def sweep(folder: str | os.PathLike, *, dry_run: bool = False) -> list[Leftover]:
     """Find what sccr runs left in ``folder`` (not in its subfolders); remove what belongs to runs that are gone.
 
-    Looks at temporary outputs (with their locks) and scratch folders owned by
-    this user. Returns every one found, with what became of it; logs each removal.
+    Looks at temporary outputs (with their locks), scratch folders, and the parts of
+    a checkpoint's killed save, owned by this user (a checkpoint's finished stages are
+    kept: they are what a rerun resumes from). Returns every one found, with what
+    became of it; logs each removal.
     """
     folder = Path(folder)
     try:
@@ -358,6 +364,9 @@ def sweep(folder: str | os.PathLike, *, dry_run: bool = False) -> list[Leftover]
             found.append(_sweep_owned(entry, entry / OWNER_MARKER, "scratch folder", [entry], dry_run))
     for name, paths in outputs.items():
         found.extend(_sweep_output(folder / name, [p for p in paths if _mine(p)], dry_run))
+    parts = [e for e in entries if e.name.startswith(CHECKPOINT_PREFIX) and e.name.endswith(".part") and _mine(e)]
+    if parts and (folder / CHECKPOINT_LOCK).exists():  # a checkpoint folder: what a killed save half wrote
+        found.extend(_sweep_owned(p, folder / CHECKPOINT_LOCK, "checkpoint part", [p], dry_run) for p in parts)
     for item in found:
         if item.outcome in ("removed", "restored"):
             log.info(item.describe())
@@ -365,7 +374,7 @@ def sweep(folder: str | os.PathLike, *, dry_run: bool = False) -> list[Leftover]
 
 
 def _sweep_owned(shown: Path, marker: Path, kind: str, paths: list[Path], dry_run: bool) -> Leftover:
-    """One scratch folder: removed when its marker's owner is gone; one without a marker is never removed."""
+    """One scratch folder (or checkpoint part): removed when its marker's owner is gone; never without a marker."""
     state, owner = owner_state(marker)
     size = sum(size_of(p) for p in paths)
     if state == UNKNOWN:
@@ -410,7 +419,9 @@ def _sweep_output(output: Path, paths: list[Path], dry_run: bool) -> list[Leftov
             size = size_of(path)
             replaced = path / output.name
             if path.name.endswith(".old") and replaced.exists() and not output.exists():
-                os.replace(replaced, output)  # the run ended between moving the old output aside and putting the new one
+                os.replace(
+                    replaced, output
+                )  # the run ended between moving the old output aside and putting the new one
                 remove(path)
                 out.append(Leftover(output, "output", "restored", owner, size))
                 continue
@@ -496,7 +507,9 @@ def is_no_space(err: BaseException) -> bool:
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(err)
-    return isinstance(err, OSError) and ("No space left on device" in text or "errno = 28" in text or "Disk quota exceeded" in text)
+    return isinstance(err, OSError) and (
+        "No space left on device" in text or "errno = 28" in text or "Disk quota exceeded" in text
+    )
 
 
 def no_space_error(folder: Path, what: str, needed: int | None) -> InputError:

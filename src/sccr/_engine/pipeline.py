@@ -371,7 +371,8 @@ def run_stages(
     first = 0
     if checkpoint is not None and checkpoint.stage is not None:
         first = stage_names(p.method).index(checkpoint.stage) + 1
-        r.state = checkpoint.load(ws)
+        with t.stage("resume"):  # reading the kept state back
+            r.state = checkpoint.load(ws)
         t.timings.update(checkpoint.manifest.get("timings", {}))
         t.work.update(checkpoint.manifest.get("work", {}))
     result = None
