@@ -360,7 +360,7 @@ FILE_CASES = {
     "folder": (lambda p: (p.unlink(), p.mkdir()), "is a folder"),
     "text-not-hdf5": (lambda p: p.write_text("cell,gene\n1,2\n"), "not an HDF5"),
     "empty-file": (lambda p: p.write_bytes(b""), "not an HDF5"),
-    "truncated-h5ad": (truncated, "truncated or corrupt"),
+    "truncated-h5ad": (truncated, "is truncated: it holds"),
     "hdf5-not-anndata": (not_anndata, "cannot read"),
 }
 
@@ -530,7 +530,7 @@ def test_multiline_error_messages_become_one_line(tmp_path, capsys, monkeypatch)
     assert code == 1 and len(err.strip().splitlines()) == 1 and "first line second line" in err
 
 
-@pytest.mark.parametrize("damage,phrase", [("nan", "NaN or infinite"), ("truncated", "truncated or corrupt")])
+@pytest.mark.parametrize("damage,phrase", [("nan", "NaN or infinite"), ("truncated", "is truncated")])
 def test_subprocess_error_has_no_traceback(damage, phrase, tmp_path):
     src, before = write_input(tmp_path, with_entry(np.nan) if damage == "nan" else expression())
     if damage == "truncated":

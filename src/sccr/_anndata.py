@@ -12,12 +12,27 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._adata import batch_codes, check_anndata, check_key_added, get_matrix, select_genes, warn_duplicate_names
-from ._engine import DenseMatrix, Result, prepare
+from ._engine import DenseMatrix, Result, check_checkpoint_folder, no_space_named, prepare
 from ._errors import InputError
 from ._estimator import SCCR
 from ._io import (
-    add_column, atomic_output, check_output_path, copy_anndata, create_layer, open_for_update, open_matrix,
-    output_format, read_anndata, read_column, write_anndata, write_element,
+    add_column,
+    added_bytes,
+    atomic_output,
+    check_output_path,
+    copy_anndata,
+    create_layer,
+    open_for_update,
+    open_matrix,
+    output_bytes,
+    output_format,
+    output_lock,
+    read_anndata,
+    read_column,
+    reserve_space,
+    sweep_notes,
+    write_anndata,
+    write_element,
 )
 from ._options import DEFAULTS, OPTION_NAMES, Options, with_options_doc
 from ._preprocess import preprocess_paper
@@ -181,6 +196,8 @@ def _outputs(
     }
     if genes is not None:
         params["n_graph_genes"], params["n_imputed_genes"] = int(genes.graph.size), int(genes.imputed.sum())
+    if decisions.resumed_after is not None:
+        params["resumed_after"] = decisions.resumed_after
     record = {
         "connectivities_key": f"{key_added}_connectivities",
         "distances_key": f"{key_added}_distances",
@@ -218,6 +235,7 @@ def impute_file(
     batch_mode: str = "balanced",
     preprocess: str = "none",
     force: bool = False,
+    checkpoint: str | os.PathLike | None = None,
     echo: Callable[[str], None] = lambda message: None,
     **options,
 ) -> SCCR:
@@ -232,6 +250,12 @@ def impute_file(
     memory whole either. The output is a copy of ``input`` with what
     :func:`impute` adds (layer, graphs, record), written to a temporary file or
     folder beside ``output`` and renamed at the end; ``input`` is never modified.
+
+    Faults: a second run writing the same ``output`` is refused while this one
+    runs (a lock file beside it); what runs killed earlier left beside ``output``
+    or in the scratch folder is removed first (and named through ``echo``); a run
+    whose files do not fit on disk is refused before it starts, and a full disk
+    met on the way is one error naming the folder (see docs/errors.md, "Faults").
 
     Parameters
     ----------
@@ -254,6 +278,12 @@ def impute_file(
         reads the whole file into memory; ``genes`` then applies to the genes it keeps).
     force
         Replace an existing ``output``.
+    checkpoint
+        A folder (made if missing) where each finished stage's result is kept, with
+        a fingerprint of the input and the options: rerunning the same call after the
+        run was killed resumes after the last finished stage, with bitwise the same
+        output. A checkpoint made for another input, other options or another
+        version of sccr is discarded. It is deleted once the output is written.
     echo
         Receives progress messages (the command line prints them).
     **options
@@ -271,7 +301,15 @@ def impute_file(
     if preprocess not in PREPROCESSING:
         raise InputError(f"preprocess must be 'paper' or 'none', got {preprocess!r}")
     opts = Options.from_kwargs(**options)  # every option checked before anything is read
+    if checkpoint is not None:
+        checkpoint = check_checkpoint_folder(checkpoint)
+    folder = output.resolve().parent
+    for note in sweep_notes(folder):
+        echo(note)
     with ExitStack() as stack:
+        previous = stack.enter_context(output_lock(output))
+        if previous is not None:
+            echo(f"took over the lock of {str(output)!r} from sccr run {previous.describe()}, which has ended")
         adata = None
         if preprocess == "paper":
             adata = preprocess_paper(read_anndata(input), n_top_genes=2000 if n_top_genes is None else n_top_genes, layer=layer)
@@ -293,18 +331,30 @@ def impute_file(
             if column is None:
                 raise InputError(f"batch_key={batch_key!r} is not a column of obs; pass the obs column that holds each cell's batch")
             batches = batch_codes(column, batch_key, batch_mode)
-        job = stack.enter_context(prepare(source, opts, output_in_memory=False, genes=selection, batches=batches, output_path=output))
+        output_size = output_bytes(Path(input) if adata is None else None, source.shape, opts.k, opts.k_gene)
+        if adata is not None:
+            output_size += adata.X.data.nbytes if hasattr(adata.X, "data") else adata.X.nbytes
+        job = stack.enter_context(
+            prepare(
+                source, opts, output_in_memory=False, checkpoint=checkpoint, disk=[(folder, output_size, "the output")],
+                genes=selection, batches=batches, output_path=output,
+            )
+        )
         if selection is not None:
             echo(f"graphs from {selection.graph.size} genes; imputing {int(selection.imputed.sum())} of {selection.n_genes} genes")
         del source
+        for note in job.notes:
+            echo(note)
         if job.decisions.input_on_disk:
             echo(f"streamed the input matrix into a scratch file ({job.shape[0]} cells x {job.shape[1]} genes)")
-        with atomic_output(output) as tmp:
+        with no_space_named(folder, "the output", output_size), atomic_output(output) as tmp:
             if adata is None:
                 copy_anndata(Path(input), tmp, kind)
             else:
                 write_anndata(adata, tmp, kind)
                 del adata
+            if kind == "h5ad":
+                reserve_space(tmp, added_bytes(job.shape, opts.k, opts.k_gene))
             with open_for_update(tmp, kind) as f:
                 result = job.execute(out=DenseMatrix(create_layer(f, key_added, job.shape)))
                 selected = _selection_record(genes, mask_var, n_top_genes, batch_key, batch_mode)
@@ -313,6 +363,7 @@ def impute_file(
                         add_column(f, "var", key, value)
                     else:
                         write_element(f, where, key, value)
+        job.commit()
         model = SCCR(**options)
         model._set_fitted(result, job.X)
     del model.imputed_  # the layer of a file that is now closed

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -18,7 +20,20 @@ import scipy.sparse as sp
 import zarr
 from anndata.io import read_elem, sparse_dataset, write_elem
 
-from ._engine import PANEL_WIDTH, READ_BLOCK_BYTES, ROW_BLOCK, StoredInput, check_dtype, check_shape
+from ._engine import (
+    ELSEWHERE,
+    PANEL_WIDTH,
+    READ_BLOCK_BYTES,
+    ROW_BLOCK,
+    Owner,
+    StoredInput,
+    check_dtype,
+    check_shape,
+    claim,
+    lock_path,
+    size_of,
+    sweep,
+)
 from ._errors import InputError
 
 
@@ -40,9 +55,12 @@ def _format_of_input(path: Path) -> str:
     return "h5ad"
 
 
+_TRUNCATED = re.compile(r"truncated file: eof = (\d+).*stored_eof = (\d+)")
+
+
 @contextmanager
-def _readable(path: Path) -> Iterator[None]:
-    """Turn any failure to decode ``path`` into an InputError; replay the warnings of a readable file."""
+def _readable(path: Path, element: str | None = None) -> Iterator[None]:
+    """Turn any failure to decode ``path`` (its ``element``, if named) into an InputError; replay the warnings of a readable file."""
     with warnings.catch_warnings(record=True) as caught:  # a damaged file warns on its way to failing
         warnings.simplefilter("always")
         try:
@@ -50,9 +68,60 @@ def _readable(path: Path) -> Iterator[None]:
         except InputError:
             raise
         except Exception as err:  # anndata, h5py and zarr raise many types for damaged files
+            cut = _TRUNCATED.search(str(err))
+            if cut:
+                raise InputError(
+                    f"input {str(path)!r} is truncated: it holds {int(cut[1])} of its {int(cut[2])} bytes; copy it again "
+                    "from its source (an interrupted copy or download), sccr read nothing from it"
+                ) from err
+            if element is not None:
+                raise InputError(
+                    f"cannot read {element!r} of {str(path)!r} ({type(err).__name__}: {err}); the file may be truncated "
+                    "or corrupt: copy it again from its source"
+                ) from err
             raise InputError(f"cannot read {str(path)!r} as AnnData ({type(err).__name__}: {err}); the file may be truncated or corrupt") from err
     for w in caught:  # the file was readable: its warnings are worth showing
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def _stored_chunks(array) -> tuple[int, int]:
+    """``(stored, expected)`` chunks (shards, for a sharded array) of a zarr array."""
+    if getattr(array, "shards", None) is not None and hasattr(array, "_nshards_initialized"):
+        return int(array._nshards_initialized), int(array._nshards)
+    return int(array.nchunks_initialized), int(array.nchunks)
+
+
+def check_zarr_complete(f, path: Path, keys: tuple[str, ...]) -> None:
+    """Refuse a zarr store some of whose chunks are missing in the parts of a sparse matrix or in an index (``keys``).
+
+    zarr reads a missing chunk as zeros without a word; for these parts no chunk can
+    hold only zeros, so a missing one means an incomplete copy. (A dense matrix may
+    lack its all-zero chunks, which zarr does not store: that cannot be told apart.)
+    """
+    if not isinstance(f, zarr.Group):
+        return
+    for key in keys:
+        if key not in f:
+            continue
+        element = f[key]
+        if _is_group(element):
+            if element.attrs.get("encoding-type") in ("csr_matrix", "csc_matrix"):
+                parts = [(f"{key}/{part}", element[part]) for part in ("data", "indices", "indptr") if part in element]
+            elif "_index" in element.attrs and element.attrs["_index"] in element:
+                parts = [(f"{key}/{element.attrs['_index']}", element[element.attrs["_index"]])]
+            else:
+                continue
+        else:
+            continue
+        for name, array in parts:
+            if array.size == 0:
+                continue
+            stored, expected = _stored_chunks(array)
+            if stored < expected:
+                raise InputError(
+                    f"zarr store {str(path)!r} is missing {expected - stored} of the {expected} chunks of {name!r}; "
+                    "copy the store again from its source (an interrupted copy or download), sccr read nothing from it"
+                )
 
 
 def read_anndata(path: str | os.PathLike) -> ad.AnnData:
@@ -60,7 +129,12 @@ def read_anndata(path: str | os.PathLike) -> ad.AnnData:
     path = Path(path)
     kind = _format_of_input(path)
     with _readable(path):
-        return ad.read_zarr(path) if kind == "zarr" else ad.read_h5ad(path)
+        if kind == "zarr":
+            with _open(path, kind, "r") as f:
+                layers = tuple(f"layers/{name}" for name in f["layers"].keys()) if "layers" in f else ()
+                check_zarr_complete(f, path, ("obs", "var", "X", *layers))
+            return ad.read_zarr(path)
+        return ad.read_h5ad(path)
 
 
 @contextmanager
@@ -118,7 +192,7 @@ class StoredMatrix(StoredInput):
     def read(self) -> np.ndarray | sp.spmatrix:
         """The whole matrix (a dense one is filled block by block into one float32 array)."""
         if self._sparse is not None:
-            with _readable(self.path):
+            with _readable(self.path, self.key):
                 return read_elem(self._element)
         out = np.empty(self.shape, dtype=np.float32)
         for row, _, block in self.blocks():
@@ -131,13 +205,13 @@ class StoredMatrix(StoredInput):
         if self.format == "csc":
             step = width * _rows_per_block(4 * n * width)
             for col in range(0, g, step):
-                with _readable(self.path):
+                with _readable(self.path, self.key):
                     block = sp.csc_matrix(self._sparse[:, col : col + step], dtype=np.float32)
                 yield 0, col, block
             return
         step = _rows_per_block(4 * g)
         for row in range(0, n, step):
-            with _readable(self.path):
+            with _readable(self.path, self.key):
                 if self._sparse is not None:
                     block = sp.csr_matrix(self._sparse[row : row + step], dtype=np.float32)
                 else:
@@ -169,6 +243,7 @@ def _matrix_and_names(f, path: Path, layer: str | None) -> tuple[StoredMatrix, t
             raise InputError(f"{str(path)!r} has no X; pass --layer naming the layer to impute")
         known = ", ".join(map(repr, f["layers"].keys())) if "layers" in f else "none"
         raise InputError(f"layer {layer!r} not found in {str(path)!r} (available: {known}); pass one of them or omit --layer for X")
+    check_zarr_complete(f, path, ("obs", "var", key))
     return StoredMatrix(f[key], key, path), (_index(f["obs"]), _index(f["var"]))
 
 
@@ -204,6 +279,48 @@ def check_output_path(output: str | os.PathLike, *, inputs: tuple[str | os.PathL
     if not os.access(folder, os.W_OK):
         raise InputError(f"output folder {str(folder)!r} is not writable; choose another output path")
     return output
+
+
+def _busy_output(output: Path):
+    def error(owner: Owner | None) -> InputError:
+        lock = lock_path(output)
+        if owner is not None and not owner.here:
+            return InputError(
+                f"output {str(output)!r} is locked by sccr run {owner.describe()} (lock file {str(lock)!r}); sccr cannot "
+                "tell from here whether it still runs: if it has ended, delete the lock file"
+            )
+        who = "another sccr run" if owner is None else f"sccr run {owner.describe()}"
+        return InputError(f"output {str(output)!r} is being written by {who}; wait for it to finish or choose another output path")
+
+    return error
+
+
+@contextmanager
+def output_lock(output: str | os.PathLike) -> Iterator[Owner | None]:
+    """Hold the lock ``.OUTPUT.sccr-lock`` while ``output`` is written: a second run writing it is refused at its start.
+
+    Yields the owner of a lock left by a run that is gone (taken over), or ``None``.
+    """
+    output = Path(output)
+    with claim(lock_path(output.resolve().parent / output.name), _busy_output(output)) as lock:
+        yield lock.previous
+
+
+def sweep_notes(folder: str | os.PathLike) -> list[str]:
+    """Remove what killed sccr runs left in ``folder`` (temporary outputs, scratch folders); one line for each, and for those of other hosts."""
+    return [item.describe() for item in sweep(folder) if item.outcome in ("removed", "restored", ELSEWHERE)]
+
+
+def added_bytes(shape: tuple[int, int], k: int, k_gene: int) -> int:
+    """About the bytes sccr adds to an output file: the imputed float32 layer, the cell and gene graphs, HDF5's indexes."""
+    n, g = shape
+    graphs = 2 * 12 * n * (2 * k + 2) + 3 * 12 * g * (2 * k_gene + 2)
+    return int(1.01 * (4 * n * g + graphs)) + (1 << 20)
+
+
+def output_bytes(source: Path | None, shape: tuple[int, int], k: int, k_gene: int) -> int:
+    """About the bytes of an output file: the copied input (if any) and what sccr adds."""
+    return (0 if source is None else size_of(source)) + added_bytes(shape, k, k_gene)
 
 
 def _umask() -> int:
@@ -249,6 +366,24 @@ def atomic_output(output: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+
+
+def reserve_space(path: Path, n_bytes: int) -> None:
+    """Allocate ``n_bytes`` more disk space at the end of file ``path``, so that a full disk shows here, not inside HDF5.
+
+    HDF5 writes its new objects into the space (and cuts the file to what it used
+    when it closes it); a disk that fills up under HDF5 itself leaves its library
+    in a state that can crash the process. File systems without ``fallocate`` are
+    left as they are.
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size + n_bytes)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_anndata(adata: ad.AnnData, path: Path, kind: str) -> None:

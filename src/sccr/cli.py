@@ -1,4 +1,4 @@
-"""Command line: ``sccr impute``, ``sccr tune``, ``sccr diagnose``, ``sccr demo``, ``sccr benchmark``.
+"""Command line: ``sccr impute``, ``sccr clean``, ``sccr tune``, ``sccr diagnose``, ``sccr demo``, ``sccr benchmark``.
 
 Exit codes: 0 success, 2 bad input or usage, 1 internal fault, 130 interrupted
 (Ctrl-C), 143 terminated (SIGTERM, e.g. a batch scheduler's time limit).
@@ -73,8 +73,22 @@ def _add_impute(sub) -> None:
     _add_options(p)
     p.set_defaults(handler=_impute)
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="dask scheduler for --backend dask, e.g. tcp://host:8786 (default: start a local cluster of --n-jobs single-threaded worker processes)")
+    p.add_argument("--checkpoint", default=None, metavar="DIR", help="keep each finished stage in DIR (created if missing): rerunning the same command after a kill resumes after the last finished stage, with the same output; deleted once OUTPUT is written")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+
+
+def _add_clean(sub) -> None:
+    p = sub.add_parser(
+        "clean", help="remove what killed sccr runs left behind",
+        description="Remove from each DIR what sccr runs that were killed (SIGKILL, out of memory, power loss) left "
+        "there: hidden temporary outputs (.OUTPUT.*.tmp.h5ad, .tmp.zarr) with their lock files, and sccr-scratch-* "
+        "folders. What belongs to a run that is still running, or to a run on another host, is kept and named. "
+        "sccr impute does the same in OUTPUT's folder and the scratch folder when it starts.",
+    )
+    p.add_argument("dirs", nargs="*", metavar="DIR", help="folders to clean (default: the system's temporary folder, where scratch folders go)")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    p.set_defaults(handler=_clean)
 
 
 def _add_demo(sub) -> None:
@@ -114,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     from .tl._diagnose import add_cli as _add_tune_and_diagnose
 
-    for add in (_add_impute, _add_demo, _add_benchmark, _add_tune_and_diagnose):
+    for add in (_add_impute, _add_clean, _add_demo, _add_benchmark, _add_tune_and_diagnose):
         add(sub)
     for command in sub.choices.values():  # also accepted after the command; SUPPRESS keeps the top-level value
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
@@ -145,7 +159,7 @@ def _impute_on(args, client) -> None:
     model = impute_file(
         args.input, args.output, layer=args.layer, key_added=args.key_added, preprocess=args.preprocess,
         genes=_genes(args.genes), mask_var=args.mask_var, batch_key=args.batch_key, batch_mode=args.batch_mode,
-        n_top_genes=args.n_top_genes, force=args.force, echo=echo,
+        n_top_genes=args.n_top_genes, force=args.force, checkpoint=args.checkpoint, echo=echo,
         **options, progress=False if args.quiet else None, client=client,
     )
     n, g = model.cell_graph_.shape[0], model.n_features_in_
@@ -169,6 +183,29 @@ def _genes(value: str):
     if not names:
         raise InputError(f"--genes file {value!r} lists no gene; write one gene name per line")
     return names
+
+
+def _clean(args) -> None:
+    """``sccr clean``: sweep each folder, one line per leftover found."""
+    import tempfile
+    from pathlib import Path
+
+    from ._engine import sweep
+    from ._errors import InputError
+    from ._options import format_size
+
+    folders = [Path(d) for d in args.dirs] or [Path(tempfile.gettempdir())]
+    for folder in folders:
+        if not folder.is_dir():
+            raise InputError(f"folder {str(folder)!r} does not exist; pass the folder of an OUTPUT or a scratch folder")
+    freed = found = 0
+    for folder in folders:
+        for item in sweep(folder, dry_run=args.dry_run):
+            found += 1
+            freed += item.size if item.outcome in ("removed", "stale") else 0
+            print(item.describe(), file=sys.stdout)
+    verb = "would free" if args.dry_run else "freed"
+    print(f"{found} leftover(s) found; {verb} {format_size(freed)}" if found else "nothing to clean", file=sys.stdout)
 
 
 def _demo(args) -> None:

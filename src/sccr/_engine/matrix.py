@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+
+from .files import Claim, no_space_named, owned_folder
 
 # Block sizes. Changing one changes no result except where its line says so.
 #: Columns per propagation chunk, per scratch-file panel and per chunk of the output
@@ -202,12 +203,26 @@ class PanelFile(Matrix):
     Column blocks must start on a panel boundary.
     """
 
-    def __init__(self, path: str | os.PathLike, shape: tuple[int, int], width: int = PANEL_WIDTH) -> None:
+    def __init__(
+        self, path: str | os.PathLike, shape: tuple[int, int], width: int = PANEL_WIDTH, *,
+        readonly: bool = False, needed: int | None = None, where: Path | None = None,
+    ) -> None:
         self.path = Path(path)
+        #: The folder named when the disk is full (the scratch folder the user chose, not the private one inside it).
+        self.where = self.path.parent if where is None else where
         self.shape = (int(shape[0]), int(shape[1]))
         self.width = width
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.ftruncate(self._fd, 4 * self.shape[0] * self.shape[1])
+        #: Bytes the run's scratch files need in this folder (named when the disk is full).
+        self.needed = needed
+        size = 4 * self.shape[0] * self.shape[1]
+        if readonly:
+            self._fd = os.open(self.path, os.O_RDONLY)
+            if os.fstat(self._fd).st_size != size:
+                os.close(self._fd)
+                raise OSError(f"{self.path} holds {os.path.getsize(self.path)} bytes, not the {size} of a {self.shape} matrix")
+        else:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.ftruncate(self._fd, size)
 
     def _panels(self, start: int, stop: int) -> Iterator[tuple[int, int, int]]:
         """``(first column, width, byte offset)`` of the panels covering columns ``start..stop``."""
@@ -231,8 +246,9 @@ class PanelFile(Matrix):
 
     def write_columns(self, start: int, block: np.ndarray) -> None:
         block = np.asarray(block, dtype=np.float32)
-        for first, width, offset in self._panels(start, start + block.shape[1]):
-            _pwrite_from(self._fd, block[:, first - start : first - start + width], offset)
+        with no_space_named(self.where, "scratch files", self.needed):
+            for first, width, offset in self._panels(start, start + block.shape[1]):
+                _pwrite_from(self._fd, block[:, first - start : first - start + width], offset)
 
     def _row_slices(self, start: int) -> Iterator[tuple[int, int, int]]:
         for first, width, offset in self._panels(0, self.shape[1]):
@@ -254,8 +270,9 @@ class PanelFile(Matrix):
 
     def write_rows(self, start: int, block: np.ndarray) -> None:
         block = np.asarray(block, dtype=np.float32)
-        for first, width, offset in self._row_slices(start):
-            _pwrite_from(self._fd, block[:, first : first + width], offset)
+        with no_space_named(self.where, "scratch files", self.needed):
+            for first, width, offset in self._row_slices(start):
+                _pwrite_from(self._fd, block[:, first : first + width], offset)
 
     def to_array(self) -> np.ndarray:
         return self.rows(0, self.shape[0])
@@ -269,15 +286,27 @@ class PanelFile(Matrix):
 class Workspace:
     """Makes the pipeline's intermediate matrices: numpy arrays, or scratch files when ``out_of_core``.
 
-    Scratch files go to a private folder inside ``scratch_dir`` (default: the
-    system's temporary folder) that :meth:`close` removes, also after an error.
+    Scratch files go to a private folder ``sccr-scratch-*`` inside ``scratch_dir``
+    (default: the system's temporary folder), marked with this process as its owner
+    (:mod:`.files`), that :meth:`close` removes, also after an error; a later run
+    removes one whose owner was killed. Matrices made elsewhere (a checkpoint's) can
+    be :meth:`adopt`-ed: freed with the others, but their files are left alone.
     """
 
     def __init__(self, *, out_of_core: bool = False, scratch_dir: str | os.PathLike | None = None) -> None:
         self.out_of_core = out_of_core
         self.scratch_dir = scratch_dir
+        #: Bytes the scratch files may take at once (named when the disk fills up).
+        self.scratch_bytes: int | None = None
         self._folder: Path | None = None
+        self._marker: Claim | None = None
         self._stores: list[DenseMatrix | PanelFile] = []
+        self._adopted: list[Matrix] = []
+
+    @property
+    def folder(self) -> Path | None:
+        """The scratch folder, once a scratch file was made."""
+        return self._folder
 
     def new(self, name: str, shape: tuple[int, int], width: int = PANEL_WIDTH) -> DenseMatrix | PanelFile:
         """An uninitialised N x G float32 matrix (scratch file: in panels of ``width`` columns)."""
@@ -285,9 +314,14 @@ class Workspace:
             store = DenseMatrix(np.empty(shape, dtype=np.float32))
         else:
             if self._folder is None:
-                self._folder = Path(tempfile.mkdtemp(prefix="sccr-scratch-", dir=self.scratch_dir))
-            store = PanelFile(self._folder / f"{name}.f32", shape, width)
+                self._folder, self._marker = owned_folder(self.scratch_dir)
+            store = PanelFile(self._folder / f"{name}.f32", shape, width, needed=self.scratch_bytes, where=self._folder.parent)
         self._stores.append(store)
+        return store
+
+    def adopt(self, store: Matrix) -> Matrix:
+        """Free ``store`` with the workspace's own matrices, without deleting its file."""
+        self._adopted.append(store)
         return store
 
     def free(self, store: Matrix) -> None:
@@ -295,6 +329,13 @@ class Workspace:
 
         The store is unusable afterwards, whoever still refers to it.
         """
+        if store in self._adopted:
+            self._adopted.remove(store)
+            if isinstance(store, PanelFile):
+                store.close()
+            elif isinstance(store, DenseMatrix):
+                store.array = None
+            return
         if store not in self._stores:
             return
         self._stores.remove(store)
@@ -305,11 +346,14 @@ class Workspace:
             store.array = None
 
     def close(self) -> None:
-        for store in list(self._stores):
+        for store in list(self._stores) + list(self._adopted):
             self.free(store)
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
+        if self._marker is not None:
+            self._marker.release()
+            self._marker = None
 
     def __enter__(self) -> Workspace:
         return self

@@ -74,6 +74,8 @@ class Decisions:
     out_of_core: bool
     input_on_disk: bool
     scheduler: str | None
+    #: The last stage a checkpoint held when the run started (``None``: it ran every stage).
+    resumed_after: str | None = None
 
 
 class _Timer:
@@ -218,80 +220,200 @@ def _signed_correlations(indices: np.ndarray, correlations: np.ndarray) -> sp.cs
     return C
 
 
-def _run_sccr(
-    X: Matrix, p: Options, t: _Timer, ws: Workspace, out: Matrix, chunk: int, batches: Batches | None, keep: list | None
-) -> Result:
-    shape = X.shape
-    A1 = _knn_stage(t, "knn_cells_1", X, p, sym=True, desc="cell graph 1", batches=batches)
-    D0 = _propagate_stage(t, "hard_fp_1", A1, X, p, ws.new("D0", shape, chunk), hard=True, desc="pre-imputation", chunk=chunk)
-    if keep is not None:
-        keep.append(A1)
-    del A1
-    with t.stage("gene_graph"):
-        mean, std = standardisation(D0)
-        indices, correlations = signed_gene_neighbours(D0, mean, std, p.k_gene)
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a method: ``run`` reads what earlier stages left in ``r.state`` and adds its own result.
+
+    ``keep`` names what the later stages use: the state kept after this stage (the
+    rest is freed) and what a checkpoint stores. The last stage returns the :class:`Result`.
+    """
+
+    name: str
+    run: Callable[[_Run], Result | None]
+    keep: tuple[str, ...] = ()
+
+
+@dataclass
+class _Run:
+    """What the stages of one run share: the input, options, timer, workspace, output, and the state between stages."""
+
+    X: Matrix
+    p: Options
+    t: _Timer
+    ws: Workspace
+    out: Matrix
+    chunk: int
+    batches: Batches | None = None
+    #: With genes riding along: the cell graphs that are not the final one, collected for them.
+    kept: list | None = None
+    state: dict = field(default_factory=dict)
+
+    def __getitem__(self, name: str):
+        return self.state[name]
+
+
+# scCR (ALGORITHM.md, steps 1-6).
+
+
+def _sccr_knn_1(r: _Run) -> None:
+    r.state["A1"] = _knn_stage(r.t, "knn_cells_1", r.X, r.p, sym=True, desc="cell graph 1", batches=r.batches)
+    if r.kept is not None:
+        r.kept.append(r.state["A1"])
+
+
+def _sccr_hard_fp_1(r: _Run) -> None:
+    D0 = r.ws.new("D0", r.X.shape, r.chunk)
+    r.state["D0"] = _propagate_stage(r.t, "hard_fp_1", r["A1"], r.X, r.p, D0, hard=True, desc="pre-imputation", chunk=r.chunk)
+
+
+def _sccr_gene_graph(r: _Run) -> None:
+    with r.t.stage("gene_graph"):
+        mean, std = standardisation(r["D0"])
+        indices, correlations = signed_gene_neighbours(r["D0"], mean, std, r.p.k_gene)
         S = graph_from_neighbours(indices, correlations, sym=True)
         R = _signed_correlations(indices, correlations)
-    with t.stage("gene_fp"):
-        C = propagate_over_genes(S, D0, X, mean, std, p.n_iter, out=ws.new("C", shape, chunk))
-    t.work["gene_fp"] = int(S.nnz) * shape[0] * p.n_iter
-    A2 = _knn_stage(t, "knn_cells_2", C, p, sym=True, desc="cell graph 2", batches=batches)
-    ws.free(C)
+    r.state.update(mean=mean, std=std, S=S, R=R)
+
+
+def _sccr_gene_fp(r: _Run) -> None:
+    with r.t.stage("gene_fp"):
+        C = propagate_over_genes(r["S"], r["D0"], r.X, r["mean"], r["std"], r.p.n_iter, out=r.ws.new("C", r.X.shape, r.chunk))
+    r.t.work["gene_fp"] = int(r["S"].nnz) * r.X.shape[0] * r.p.n_iter
+    r.state["C"] = C
+
+
+def _sccr_knn_2(r: _Run) -> None:
+    r.state["A2"] = _knn_stage(r.t, "knn_cells_2", r["C"], r.p, sym=True, desc="cell graph 2", batches=r.batches)
+    if r.kept is not None:
+        r.kept.append(r.state["A2"])
+
+
+def _sccr_hard_fp_2(r: _Run) -> None:
     # Step 4, fused into the store of each chunk: B = (1 - alpha) * D1 + alpha * D0.
-    B = _propagate_stage(
-        t, "hard_fp_2", A2, X, p, ws.new("B", shape, chunk), hard=True,
-        desc="refined propagation", chunk=chunk, blend=(p.alpha, D0),
+    r.state["B"] = _propagate_stage(
+        r.t, "hard_fp_2", r["A2"], r.X, r.p, r.ws.new("B", r.X.shape, r.chunk), hard=True,
+        desc="refined propagation", chunk=r.chunk, blend=(r.p.alpha, r["D0"]),
     )
-    ws.free(D0)
-    if keep is not None:
-        keep.append(A2)
-    del A2
-    A3, distances = _final_knn_stage(t, "knn_cells_3", B, p, desc="cell graph 3", batches=batches)
+
+
+def _sccr_knn_3(r: _Run) -> None:
+    r.state["A3"], r.state["distances"] = _final_knn_stage(r.t, "knn_cells_3", r["B"], r.p, desc="cell graph 3", batches=r.batches)
+
+
+def _sccr_soft_fp(r: _Run) -> Result:
     # Step 6, fused likewise: output = (1 - gamma) * F + gamma * B.
-    _propagate_stage(t, "soft_fp", A3, X, p, out, hard=False, desc="denoising", chunk=chunk, blend=(p.gamma, B))
-    ws.free(B)
-    return Result(out, A3, distances, S, R, t.timings, t.work)
+    _propagate_stage(r.t, "soft_fp", r["A3"], r.X, r.p, r.out, hard=False, desc="denoising", chunk=r.chunk, blend=(r.p.gamma, r["B"]))
+    return Result(r.out, r["A3"], r["distances"], r["S"], r["R"], r.t.timings, r.t.work)
 
 
-def _run_scfp(
-    X: Matrix, p: Options, t: _Timer, ws: Workspace, out: Matrix, chunk: int, batches: Batches | None, keep: list | None
-) -> Result:
-    A1 = _knn_stage(t, "knn_cells_1", X, p, sym=True, desc="cell graph 1", batches=batches)
-    D0 = _propagate_stage(t, "hard_fp_1", A1, X, p, ws.new("D0", X.shape, chunk), hard=True, desc="pre-imputation", chunk=chunk)
-    if keep is not None:
-        keep.append(A1)
-    del A1
-    A2, distances = _final_knn_stage(t, "knn_cells_2", D0, p, desc="cell graph 2", batches=batches)
-    _propagate_stage(t, "soft_fp", A2, D0, p, out, hard=False, desc="denoising", chunk=chunk)
-    ws.free(D0)
-    return Result(out, A2, distances, None, None, t.timings, t.work)
+# scFP: hard FP on the k-NN graph of X, then soft FP on a graph rebuilt from it.
 
 
-def _run_scbfp(
-    X: Matrix, p: Options, t: _Timer, ws: Workspace, out: Matrix, chunk: int, batches: Batches | None, keep: list | None
-) -> Result:
-    with t.stage("gene_graph"):
+def _scfp_knn_2(r: _Run) -> None:
+    r.state["A2"], r.state["distances"] = _final_knn_stage(r.t, "knn_cells_2", r["D0"], r.p, desc="cell graph 2", batches=r.batches)
+
+
+def _scfp_soft_fp(r: _Run) -> Result:
+    _propagate_stage(r.t, "soft_fp", r["A2"], r["D0"], r.p, r.out, hard=False, desc="denoising", chunk=r.chunk)
+    return Result(r.out, r["A2"], r["distances"], None, None, r.t.timings, r.t.work)
+
+
+# scBFP: hard FP over a gene graph, then soft FP over cells.
+
+
+def _scbfp_gene_graph(r: _Run) -> None:
+    X = r.X
+    with r.t.stage("gene_graph"):
         source = X.array if isinstance(X, SparseMatrix) else X.to_array()  # genes x cells in memory
         XT = source.T.tocsr() if sp.issparse(source) else np.ascontiguousarray(source.T)
         del source
-        Ag = knn_graph(XT, p.k_gene, sym=True, norm="sym", desc="gene graph")
+        r.state["Ag"] = knn_graph(XT, r.p.k_gene, sym=True, norm="sym", desc="gene graph")
         del XT
-    Dg = ws.new("Dg", X.shape, chunk)
-    with t.stage("gene_fp"):
-        _propagate_cells_as_features(Ag, X.shape[0], lambda a, b: (X.rows(a, b), None), Dg.write_rows, p.n_iter)
-    t.work["gene_fp"] = int(Ag.nnz) * X.shape[0] * p.n_iter
-    A, distances = _final_knn_stage(t, "knn_cells_1", Dg, p, desc="cell graph", batches=batches)
-    _propagate_stage(t, "soft_fp", A, Dg, p, out, hard=False, desc="denoising", chunk=chunk)
-    ws.free(Dg)
-    return Result(out, A, distances, Ag, None, t.timings, t.work)
 
 
-_RUNNERS = {"sccr": _run_sccr, "scfp": _run_scfp, "scbfp": _run_scbfp}
+def _scbfp_gene_fp(r: _Run) -> None:
+    X, Ag = r.X, r["Ag"]
+    Dg = r.ws.new("Dg", X.shape, r.chunk)
+    with r.t.stage("gene_fp"):
+        _propagate_cells_as_features(Ag, X.shape[0], lambda a, b: (X.rows(a, b), None), Dg.write_rows, r.p.n_iter)
+    r.t.work["gene_fp"] = int(Ag.nnz) * X.shape[0] * r.p.n_iter
+    r.state["Dg"] = Dg
+
+
+def _scbfp_knn(r: _Run) -> None:
+    r.state["A"], r.state["distances"] = _final_knn_stage(r.t, "knn_cells_1", r["Dg"], r.p, desc="cell graph", batches=r.batches)
+
+
+def _scbfp_soft_fp(r: _Run) -> Result:
+    _propagate_stage(r.t, "soft_fp", r["A"], r["Dg"], r.p, r.out, hard=False, desc="denoising", chunk=r.chunk)
+    return Result(r.out, r["A"], r["distances"], r["Ag"], None, r.t.timings, r.t.work)
+
+
+#: Each method's stages in order, with what each keeps for the later ones.
+STAGES: dict[str, tuple[Stage, ...]] = {
+    "sccr": (
+        Stage("knn_cells_1", _sccr_knn_1, ("A1",)),
+        Stage("hard_fp_1", _sccr_hard_fp_1, ("D0",)),
+        Stage("gene_graph", _sccr_gene_graph, ("D0", "mean", "std", "S", "R")),
+        Stage("gene_fp", _sccr_gene_fp, ("D0", "C", "S", "R")),
+        Stage("knn_cells_2", _sccr_knn_2, ("D0", "A2", "S", "R")),
+        Stage("hard_fp_2", _sccr_hard_fp_2, ("B", "S", "R")),
+        Stage("knn_cells_3", _sccr_knn_3, ("B", "A3", "distances", "S", "R")),
+        Stage("soft_fp", _sccr_soft_fp),
+    ),
+    "scfp": (
+        Stage("knn_cells_1", _sccr_knn_1, ("A1",)),
+        Stage("hard_fp_1", _sccr_hard_fp_1, ("D0",)),
+        Stage("knn_cells_2", _scfp_knn_2, ("D0", "A2", "distances")),
+        Stage("soft_fp", _scfp_soft_fp),
+    ),
+    "scbfp": (
+        Stage("gene_graph", _scbfp_gene_graph, ("Ag",)),
+        Stage("gene_fp", _scbfp_gene_fp, ("Ag", "Dg")),
+        Stage("knn_cells_1", _scbfp_knn, ("Ag", "Dg", "A", "distances")),
+        Stage("soft_fp", _scbfp_soft_fp),
+    ),
+}
+#: The N x G matrices among the states (the rest are graphs and column statistics).
+MATRIX_STATES = frozenset({"D0", "C", "B", "Dg"})
+
+
+def stage_names(method: str) -> list[str]:
+    return [stage.name for stage in STAGES[method]]
+
+
+def _drop(r: _Run, keep: tuple[str, ...]) -> None:
+    """Free what the later stages do not use (a scratch file is deleted at once)."""
+    for name in [name for name in r.state if name not in keep]:
+        value = r.state.pop(name)
+        if isinstance(value, Matrix):
+            r.ws.free(value)
+
+
+def _run_method(r: _Run, checkpoint=None) -> Result:
+    """The stages of ``r.p.method`` in order, from after the checkpoint's last stage, keeping each in it."""
+    t, stages, first = r.t, STAGES[r.p.method], 0
+    if checkpoint is not None and checkpoint.stage is not None:
+        first = stage_names(r.p.method).index(checkpoint.stage) + 1
+        with t.stage("resume"):  # reading the kept state back
+            r.state = checkpoint.load(r.ws)
+        t.timings.update(checkpoint.manifest.get("timings", {}))
+        t.work.update(checkpoint.manifest.get("work", {}))
+    result = None
+    for i, stage in enumerate(stages[first:], start=first):
+        result = stage.run(r)
+        if i + 1 < len(stages):
+            _drop(r, stage.keep)
+            if checkpoint is not None:
+                with t.stage("checkpoint"):
+                    checkpoint.save(stage.name, dict(r.state), {k: v for k, v in t.timings.items() if k != "checkpoint"}, t.work)
+    _drop(r, ())
+    return result
 
 
 def run_stages(
     X, p: Options, *, workspace: Workspace | None = None, out: Matrix | None = None, chunk: int = PANEL_WIDTH,
-    genes: GeneSelection | None = None, batches: Batches | None = None,
+    genes: GeneSelection | None = None, batches: Batches | None = None, checkpoint=None,
 ) -> Result:
     """Impute validated ``X`` (cells x genes, float32: dense, CSR, or a :class:`~.matrix.Matrix`) with ``p.method``.
 
@@ -301,7 +423,9 @@ def run_stages(
     returned as ``Result.imputed``); ``chunk``: columns per propagation chunk
     (changes no result). ``genes``: the graph genes and the imputed genes
     (ALGORITHM.md, "Graph genes and propagated genes"; ``None``: every gene is both);
-    ``batches``: build every cell graph batch by batch.
+    ``batches``: build every cell graph batch by batch. ``checkpoint`` (a
+    :class:`~.checkpoint.Checkpoint`, only without riding genes): the run starts after
+    its last finished stage, and keeps each stage it finishes there.
     """
     t = _Timer()
     start = time.perf_counter()
@@ -309,13 +433,13 @@ def run_stages(
     ws = Workspace() if workspace is None else workspace
     target = DenseMatrix(np.empty(X.shape, dtype=np.float32)) if out is None else out
     if genes is None or genes.trivial:
-        result = _RUNNERS[p.method](X, p, t, ws, target, chunk, batches, None)
+        result = _run_method(_Run(X, p, t, ws, target, chunk, batches), checkpoint)
     else:
         with t.stage("graph_genes"):
             Xg = graph_columns(X, genes.graph)
         graph_output = ws.new("graph_output", Xg.shape, chunk)
         kept: list[sp.csr_matrix] = []
-        result = _RUNNERS[p.method](Xg, p, t, ws, graph_output, chunk, batches, kept)
+        result = _run_method(_Run(Xg, p, t, ws, graph_output, chunk, batches, kept))
         del Xg
         graphs = (*kept, result.cell_graph)
         stages = sccr_stages(*graphs, p, chunk) if p.method == "sccr" else scfp_stages(*graphs, p, chunk)
