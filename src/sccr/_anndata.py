@@ -337,7 +337,7 @@ def impute_file(
         job = stack.enter_context(
             prepare(
                 source, opts, output_in_memory=False, checkpoint=checkpoint, disk=[(folder, output_size, "the output")],
-                genes=selection, batches=batches, output_path=output,
+                genes=selection, batches=batches,  # the output's disk space: checked through disk=
             )
         )
         if selection is not None:
