@@ -229,3 +229,19 @@ def test_checkpoint_folder_errors(source, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and "checkpoint folder" in err and phrase in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_interrupts_during_a_commit_wait_for_its_end():
+    """Ctrl-C in the middle of writing a checkpoint file is acted on once the file is whole."""
+    import os
+    import signal
+
+    from sccr._engine.files import interrupts_deferred
+
+    finished = False
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            finished = True
+    assert finished
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

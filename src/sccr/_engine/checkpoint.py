@@ -32,7 +32,7 @@ from .._errors import InputError
 from .._options import Options
 from .._versions import versions
 from .checks import canonical
-from .files import CHECKPOINT_LOCK, CHECKPOINT_PREFIX, Claim, Owner, claim, no_space_named, remove
+from .files import CHECKPOINT_LOCK, CHECKPOINT_PREFIX, Claim, Owner, claim, interrupts_deferred, no_space_named, remove
 from .matrix import PANEL_WIDTH, ROW_BLOCK, DenseMatrix, Matrix, PanelFile, Workspace, _pwrite_from, as_matrix
 
 #: Version of the folder's layout; a checkpoint of another layout is discarded.
@@ -234,7 +234,8 @@ class Checkpoint:
                     store = DenseMatrix(array)
                 state[name] = workspace.adopt(store)
             elif kind == "sparse":
-                state[name] = sp.load_npz(path).tocsr()
+                with interrupts_deferred():
+                    state[name] = sp.load_npz(path).tocsr()
             else:
                 state[name] = np.load(path, allow_pickle=False)
         return state
@@ -264,7 +265,7 @@ class Checkpoint:
         }
         part = self.folder / (MANIFEST + PART)
         try:
-            with open(part, "w") as f:
+            with interrupts_deferred(), open(part, "w") as f:
                 json.dump(manifest, f, indent=1)
                 f.flush()
                 os.fsync(f.fileno())
@@ -290,7 +291,7 @@ class Checkpoint:
                 _write_panels(value, part)
             else:
                 item = {}
-                with open(part, "wb") as f:
+                with interrupts_deferred(), open(part, "wb") as f:
                     if kind == "sparse":
                         sp.save_npz(f, sp.csr_matrix(value), compressed=False)
                     else:

@@ -29,7 +29,9 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -531,3 +533,29 @@ def no_space_named(folder: Path, what: str, needed: int | None) -> Iterator[None
         if is_no_space(err):
             raise no_space_error(folder, what, needed) from err
         raise
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then act on them as before.
+
+    For short writes inside the standard library (a zip archive, a manifest): an
+    exception raised halfway through one leaves a half-built object whose clean-up
+    fails noisily later. Outside the main thread signals cannot be caught, and
+    nothing is deferred (nor where a handler was set outside Python).
+    """
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in held}
+    if threading.current_thread() is not threading.main_thread() or None in previous.values():
+        yield
+        return
+    caught: list[int] = []
+    for signum in held:
+        signal.signal(signum, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signal.raise_signal(caught[0])
