@@ -8,7 +8,7 @@ import anndata as ad
 
 
 def worm_neuron() -> ad.AnnData:
-    """Worm Neuron: *C. elegans* neurons (Cao et al. 2017), 4186 cells x 13488 genes, raw counts.
+    """Worm Neuron: neurons of *Caenorhabditis elegans* (Cao et al. 2017), 4186 cells x 13488 genes, raw counts.
 
     One of the six data sets of the scCR paper; ``obs['celltype']`` holds 10
     annotated types (integer codes as strings). Redistributed from
