@@ -52,11 +52,9 @@ test-min:
 	$(MIN_VENV)/bin/python -m pip list --format freeze | grep -iE "^($$(cut -d= -f1 $(MIN_VENV)/min-constraints.txt | paste -sd'|'))=="
 	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
-# TODO(lead): drop --exit-zero after the ruff pass (and the `|| echo` after format --check).
 lint: $(VENV)/.installed-lint
-	$(BIN)/ruff check --exit-zero --output-format concise src tests benchmarks scripts ci docs
-	$(BIN)/ruff format --check src tests benchmarks scripts ci docs \
-		|| echo "make lint: the files above need ruff format (not an error until the ruff pass)"
+	$(BIN)/ruff check --output-format concise src tests benchmarks scripts ci docs
+	$(BIN)/ruff format --check src tests benchmarks scripts ci docs
 
 # Warnings are errors; the tutorial (docs/tutorial.md) is executed at build time.
 docs: $(VENV)/.installed-docs

@@ -53,9 +53,12 @@ def main() -> None:
     from sccr._resources import peak_rss_mb
 
     X = sccr.pp.preprocess_paper(sccr.datasets.worm_neuron()).X
-    with distributed.LocalCluster(
-        n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-    ) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         dask_seconds, remote = timed_runs(X, args.repeats, n_jobs=args.workers, backend="dask", client=client)
         worker_peaks = sorted(client.run(peak_rss_mb).values())
     client_peak = peak_rss_mb()  # before the local runs, which could only raise it
@@ -64,14 +67,20 @@ def main() -> None:
     median = lambda xs: float(np.median(xs))  # noqa: E731
     stages = lambda model: {k: round(v, 3) for k, v in model.timings_.items()}  # noqa: E731
     report = {
-        "dataset": "worm_neuron, paper preprocessing, %d x %d, float32" % X.shape,
+        "dataset": f"worm_neuron, paper preprocessing, {X.shape[0]} x {X.shape[1]}, float32",
         "settings": "scCR defaults, sym_final=False",
-        "workers": args.workers, "repeats": args.repeats,
-        "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "local_seconds_median": median(local_seconds), "local_seconds_runs": local_seconds,
-        "dask_seconds_median": median(dask_seconds), "dask_seconds_runs": dask_seconds,
-        "dask_worker_peak_rss_mb": worker_peaks, "dask_client_peak_rss_mb": client_peak,
-        "local_stage_seconds_last": stages(local), "dask_stage_seconds_last": stages(remote),
+        "workers": args.workers,
+        "repeats": args.repeats,
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "local_seconds_median": median(local_seconds),
+        "local_seconds_runs": local_seconds,
+        "dask_seconds_median": median(dask_seconds),
+        "dask_seconds_runs": dask_seconds,
+        "dask_worker_peak_rss_mb": worker_peaks,
+        "dask_client_peak_rss_mb": client_peak,
+        "local_stage_seconds_last": stages(local),
+        "dask_stage_seconds_last": stages(remote),
         "max_abs_difference": float(np.abs(remote.imputed_ - local.imputed_).max()),
         "cell_graph_identical": bool((remote.cell_graph_ != local.cell_graph_).nnz == 0),
         "gene_graph_identical": bool((remote.gene_graph_ != local.gene_graph_).nnz == 0),
@@ -81,10 +90,15 @@ def main() -> None:
     print(f"scCR on Worm Neuron {X.shape[0]} x {X.shape[1]}, median of {args.repeats} after a warm-up:")
     print(f"  local, {args.workers} threads: {report['local_seconds_median']:.2f} s")
     print(f"  dask, LocalCluster {args.workers} workers x 1 thread: {report['dask_seconds_median']:.2f} s")
-    print(f"  peak RSS: dask client {client_peak:.0f} MiB, workers "
-          + ", ".join(f"{p:.0f}" for p in worker_peaks) + " MiB")
-    print(f"  max |dask - local| = {report['max_abs_difference']:.3g}; graphs identical: "
-          f"cell {report['cell_graph_identical']}, gene {report['gene_graph_identical']}")
+    print(
+        f"  peak RSS: dask client {client_peak:.0f} MiB, workers "
+        + ", ".join(f"{p:.0f}" for p in worker_peaks)
+        + " MiB"
+    )
+    print(
+        f"  max |dask - local| = {report['max_abs_difference']:.3g}; graphs identical: "
+        f"cell {report['cell_graph_identical']}, gene {report['gene_graph_identical']}"
+    )
     print(f"wrote {args.out}")
 
 

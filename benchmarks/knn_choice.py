@@ -136,8 +136,13 @@ def case_ours(size, matrix, *, streamed=False, rows=None, refine=None, n_jobs=2,
         ann.approximate_neighbours(_load("20k", "X")[:500], K1, random_state=0)  # compile
         src = Streamed(M) if streamed else M
         (indices, _), seconds, rss, base = _measure(lambda: ann.approximate_neighbours(src, K1, random_state=0))
-    return {"seconds": seconds, "peak_rss_added_mib": rss, "rss_before_mib": base,
-            "stages": dict(ann.last_timings), "recall": _recall(indices, M, size, matrix, rows)}
+    return {
+        "seconds": seconds,
+        "peak_rss_added_mib": rss,
+        "rss_before_mib": base,
+        "stages": dict(ann.last_timings),
+        "recall": _recall(indices, M, size, matrix, rows),
+    }
 
 
 def case_exact(size, matrix, *, rows=None, **_):
@@ -159,13 +164,18 @@ def case_pynndescent(size, matrix, *, n_jobs=2, **_):
 
     M = _load(size, matrix)
     warnings.filterwarnings("ignore")
-    NNDescent(M[:2000], n_neighbors=K1, metric="cosine", random_state=0, n_jobs=n_jobs).neighbor_graph  # compile
+    _ = NNDescent(M[:2000], n_neighbors=K1, metric="cosine", random_state=0, n_jobs=n_jobs).neighbor_graph  # compile
 
     def go():
         return NNDescent(M, n_neighbors=K1, metric="cosine", random_state=0, n_jobs=n_jobs).neighbor_graph
 
     (indices, _), seconds, rss, base = _measure(go)
-    return {"seconds": seconds, "peak_rss_added_mib": rss, "rss_before_mib": base, "recall": _recall(indices, M, size, matrix)}
+    return {
+        "seconds": seconds,
+        "peak_rss_added_mib": rss,
+        "rss_before_mib": base,
+        "recall": _recall(indices, M, size, matrix),
+    }
 
 
 def case_hnswlib(size, matrix, *, n_jobs=2, **_):
@@ -206,8 +216,13 @@ def case_hnswlib(size, matrix, *, n_jobs=2, **_):
 
     with executing(Execution(n_jobs=n_jobs)):  # n_jobs threads for BLAS and numba
         (indices, stages), seconds, rss, base = _measure(go)
-    return {"seconds": seconds, "peak_rss_added_mib": rss, "rss_before_mib": base, "stages": stages,
-            "recall": _recall(indices, M, size, matrix)}
+    return {
+        "seconds": seconds,
+        "peak_rss_added_mib": rss,
+        "rss_before_mib": base,
+        "stages": stages,
+        "recall": _recall(indices, M, size, matrix),
+    }
 
 
 def exact_lists(M):
@@ -245,7 +260,9 @@ def case_ari(dataset, *, mode, seeds=(0, 1, 2), n_jobs=2, **_):
         threshold = exact_lists(data.X)[1][:, -1:]
         sims = _exact_cosine(data.X)(0, indices)
         recall = float((sims >= threshold).sum(axis=1).clip(max=K1).mean() / K1)
-    options = Options(method="sccr", knn=knn, random_state=0, n_jobs=n_jobs, progress=False, sym_final=dataset != "worm_neuron")
+    options = Options(
+        method="sccr", knn=knn, random_state=0, n_jobs=n_jobs, progress=False, sym_final=dataset != "worm_neuron"
+    )
     with prepare_run(data.X, options) as job:  # checks and memory plan outside the measured span
         result, seconds, rss, _ = _measure(job.execute)
     if result.decisions.knn_used != ("exact" if knn == "auto" else "approx"):
@@ -255,12 +272,25 @@ def case_ari(dataset, *, mode, seeds=(0, 1, 2), n_jobs=2, **_):
         for seed in seeds:
             scores.append(clustering_scores(result.imputed, data.labels, seed=seed))
     ari = [s["ari"] for s in scores]
-    return {"seconds": seconds, "n_cells": int(data.X.shape[0]), "recall_X": recall, "ari": ari, "ari_mean": float(np.mean(ari)),
-            "nmi_mean": float(np.mean([s["nmi"] for s in scores])), "ca_mean": float(np.mean([s["ca"] for s in scores])),
-            "graph_seconds": {k: v for k, v in result.timings.items() if "graph" in k or "knn" in k}}
+    return {
+        "seconds": seconds,
+        "n_cells": int(data.X.shape[0]),
+        "recall_X": recall,
+        "ari": ari,
+        "ari_mean": float(np.mean(ari)),
+        "nmi_mean": float(np.mean([s["nmi"] for s in scores])),
+        "ca_mean": float(np.mean([s["ca"] for s in scores])),
+        "graph_seconds": {k: v for k, v in result.timings.items() if "graph" in k or "knn" in k},
+    }
 
 
-CASES = {"ours": case_ours, "exact": case_exact, "pynndescent": case_pynndescent, "hnswlib": case_hnswlib, "ari": case_ari}
+CASES = {
+    "ours": case_ours,
+    "exact": case_exact,
+    "pynndescent": case_pynndescent,
+    "hnswlib": case_hnswlib,
+    "ari": case_ari,
+}
 
 GROUPS = {
     "recall": [
@@ -277,12 +307,19 @@ GROUPS = {
         *({"case": "ours", "size": s, "matrix": "synthetic"} for s in ("100k", "200k")),
     ],
     "switch": [
-        *({"case": c, "size": "20k", "matrix": m, "rows": r} for r in (2000, 5000, 10000) for m in ("X", "D0")
-          for c in ("exact", "ours")),
+        *(
+            {"case": c, "size": "20k", "matrix": m, "rows": r}
+            for r in (2000, 5000, 10000)
+            for m in ("X", "D0")
+            for c in ("exact", "ours")
+        ),
     ],
     "ari": [
-        *({"case": "ari", "dataset": d, "mode": mode} for d in ("worm_neuron", "mouse_bladder_top2000", "pbmc4k_top2000")
-          for mode in ("exact", "approx", "approx_cluster300", "exact_perturbed")),
+        *(
+            {"case": "ari", "dataset": d, "mode": mode}
+            for d in ("worm_neuron", "mouse_bladder_top2000", "pbmc4k_top2000")
+            for mode in ("exact", "approx", "approx_cluster300", "exact_perturbed")
+        ),
     ],
 }
 
@@ -302,8 +339,16 @@ def prepare() -> None:
     for size, n in SIZES.items():
         raw = WORK / f"pbmc_{size}.h5ad"
         if not raw.exists():
-            subprocess.run([sys.executable, str(HERE / "resample.py"), str(SHARED / "data" / "pbmc4k_top2000.h5ad"),
-                            str(n), str(raw)], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(HERE / "resample.py"),
+                    str(SHARED / "data" / "pbmc4k_top2000.h5ad"),
+                    str(n),
+                    str(raw),
+                ],
+                check=True,
+            )
         if not (WORK / f"X_{size}.npz").exists():
             X = sp.csr_matrix(sccr.pp.preprocess_paper(ad.read_h5ad(raw)).X, dtype=np.float32)
             sp.save_npz(WORK / f"X_{size}.npz", X)
@@ -329,7 +374,9 @@ def run(groups: list[str], *, lock: bool = True) -> None:
             cmd = (["flock", LOCK] if lock else []) + [sys.executable, __file__, "case", key]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
-                out = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
+                out = {
+                    "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"
+                }
             else:
                 out = json.loads(proc.stdout.strip().splitlines()[-1])
             print(group, key, json.dumps(out), flush=True)
@@ -346,12 +393,14 @@ def table() -> None:
     for r in results.values():
         extra = ",".join(f"{k}={r[k]}" for k in ("streamed", "refine", "rows", "dataset", "mode") if k in r)
         rec = r.get("recall")
-        print(f"{r['group']:12} {r['case']:12} {r.get('size', ''):5} {r.get('matrix', ''):9} {extra:24} "
-              f"{r.get('seconds', float('nan')):8.1f} {r.get('peak_rss_added_mib', float('nan')):8.0f} "
-              f"{'' if rec is None else format(rec, '.4f'):>7}"
-              + (f"  ARI {r['ari_mean']:.4f} {[round(a, 4) for a in r['ari']]}" if "ari_mean" in r else "")
-              + (f" recall(X) {r['recall_X']:.4f}" if r.get("recall_X") is not None else "")
-              + (f"  {r['error']}" if "error" in r else ""))
+        print(
+            f"{r['group']:12} {r['case']:12} {r.get('size', ''):5} {r.get('matrix', ''):9} {extra:24} "
+            f"{r.get('seconds', float('nan')):8.1f} {r.get('peak_rss_added_mib', float('nan')):8.0f} "
+            f"{'' if rec is None else format(rec, '.4f'):>7}"
+            + (f"  ARI {r['ari_mean']:.4f} {[round(a, 4) for a in r['ari']]}" if "ari_mean" in r else "")
+            + (f" recall(X) {r['recall_X']:.4f}" if r.get("recall_X") is not None else "")
+            + (f"  {r['error']}" if "error" in r else "")
+        )
 
 
 def main() -> None:

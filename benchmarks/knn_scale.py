@@ -95,13 +95,26 @@ def main() -> None:
             indices, _ = ann.approximate_neighbours(M, K1, random_state=0)
             seconds = time.perf_counter() - start
         recall, ratio = quality(M, indices)
-        record = {"label": args.label, "overrides": overrides, "matrix": args.matrix, "cells": n, "seconds": seconds,
-                  "recall16": recall, "similarity_ratio": ratio, "stages": dict(ann.last_timings)}
-        records = [r for r in records if (r["label"], r["matrix"], r["cells"]) != (args.label, args.matrix, n)] + [record]
+        record = {
+            "label": args.label,
+            "overrides": overrides,
+            "matrix": args.matrix,
+            "cells": n,
+            "seconds": seconds,
+            "recall16": recall,
+            "similarity_ratio": ratio,
+            "stages": dict(ann.last_timings),
+        }
+        records = [r for r in records if (r["label"], r["matrix"], r["cells"]) != (args.label, args.matrix, n)] + [
+            record
+        ]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"runs": records}, indent=1) + "\n")
-        print(f"{args.label:>10} {args.matrix:>3} {n:>8} cells: {seconds:7.1f} s, recall@16 {recall:.4f}, "
-              f"similarity ratio {ratio:.5f}, stages {({k: round(v, 1) for k, v in ann.last_timings.items()})}", flush=True)
+        print(
+            f"{args.label:>10} {args.matrix:>3} {n:>8} cells: {seconds:7.1f} s, recall@16 {recall:.4f}, "
+            f"similarity ratio {ratio:.5f}, stages { ({k: round(v, 1) for k, v in ann.last_timings.items()}) }",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

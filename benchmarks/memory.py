@@ -33,7 +33,12 @@ DATASETS = [
     ("worm_neuron", 2000, "x5"),
     ("pbmc3k_unlabeled", 8000, ""),
 ]
-CASES = [(d, g, c, m, layout, "memory") for d, g, c in DATASETS for m in ("sccr", "scfp", "scbfp") for layout in ("sparse", "dense")]
+CASES = [
+    (d, g, c, m, layout, "memory")
+    for d, g, c in DATASETS
+    for m in ("sccr", "scfp", "scbfp")
+    for layout in ("sparse", "dense")
+]
 CASES += [("worm_neuron", 2000, "x5", m, "sparse", "scratch") for m in ("sccr", "scfp", "scbfp")]
 CASES += [("pbmc4k_top2000", 2000, "r100000", "sccr", "sparse", where) for where in ("memory", "scratch")]
 
@@ -75,8 +80,19 @@ def one_case(dataset: str, n_genes: int, cells: str, method: str, layout: str, w
     del adata
     if layout == "dense":
         X = X.toarray()
-    p = Options(method=method, k=15, k_gene=2, n_iter=40, alpha=0.05, beta=0.99, gamma=0.01,
-                sym_final=True, knn="auto", n_jobs=n_jobs, progress=False)
+    p = Options(
+        method=method,
+        k=15,
+        k_gene=2,
+        n_iter=40,
+        alpha=0.05,
+        beta=0.99,
+        gamma=0.01,
+        sym_final=True,
+        knn="auto",
+        n_jobs=n_jobs,
+        progress=False,
+    )
     X = check_expression(X, p.k)
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
@@ -87,20 +103,44 @@ def one_case(dataset: str, n_genes: int, cells: str, method: str, layout: str, w
     measured = _status_kib("VmHWM") * 1024 - before
     n, g = X.shape
     knn = resolve_knn(p.knn, n)
-    estimate = estimate_peak_bytes(n, g, X.nnz if sp.issparse(X) else None, method=method, k=15, k_gene=2,
-                                   n_jobs=p.n_jobs, out_of_core=where == "scratch", exact=knn == "exact")
+    estimate = estimate_peak_bytes(
+        n,
+        g,
+        X.nnz if sp.issparse(X) else None,
+        method=method,
+        k=15,
+        k_gene=2,
+        n_jobs=p.n_jobs,
+        out_of_core=where == "scratch",
+        exact=knn == "exact",
+    )
     name = dataset + {"": "", "x": f" x{cells[1:]}", "r": f" resampled to {cells[1:]}"}[cells[:1]]
-    return {"dataset": name, "cells": n, "genes": g, "method": method, "layout": layout, "where": where, "knn": knn,
-            "measured_mib": measured / 2**20, "estimate_mib": estimate / 2**20, "estimate_over_measured": estimate / measured}
+    return {
+        "dataset": name,
+        "cells": n,
+        "genes": g,
+        "method": method,
+        "layout": layout,
+        "where": where,
+        "knn": knn,
+        "measured_mib": measured / 2**20,
+        "estimate_mib": estimate / 2**20,
+        "estimate_over_measured": estimate / measured,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-jobs", type=int, default=2)
-    parser.add_argument("--cells", help="rerun only the cases of these cell specs (e.g. 'x5,r100000'); "
-                        "the other cases of an existing --out are kept")
+    parser.add_argument(
+        "--cells",
+        help="rerun only the cases of these cell specs (e.g. 'x5,r100000'); "
+        "the other cases of an existing --out are kept",
+    )
     parser.add_argument("--out", default=str(HERE / "results" / "memory.json"))
-    parser.add_argument("--one", nargs=6, metavar=("DATASET", "GENES", "CELLS", "METHOD", "LAYOUT", "WHERE"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--one", nargs=6, metavar=("DATASET", "GENES", "CELLS", "METHOD", "LAYOUT", "WHERE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.one:
         dataset, genes, cells, method, layout, where = args.one
@@ -113,9 +153,12 @@ def main() -> None:
         proc = subprocess.run(argv, capture_output=True, text=True, check=True)
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"{row['dataset']:>24} {row['cells']:>6} x {row['genes']:<5} {method_layout(row):<13} "
-              f"measured {row['measured_mib']:7.0f} MiB  estimate {row['estimate_mib']:7.0f} MiB  "
-              f"ratio {row['estimate_over_measured']:.2f}", flush=True)
+        print(
+            f"{row['dataset']:>24} {row['cells']:>6} x {row['genes']:<5} {method_layout(row):<13} "
+            f"measured {row['measured_mib']:7.0f} MiB  estimate {row['estimate_mib']:7.0f} MiB  "
+            f"ratio {row['estimate_over_measured']:.2f}",
+            flush=True,
+        )
     out = Path(args.out)
     if args.cells is not None and out.exists():
         fresh = {_key(row): row for row in rows}

@@ -82,8 +82,12 @@ def cluster_ari(embedding: np.ndarray, labels: np.ndarray) -> list[float]:
     from sklearn.metrics import adjusted_rand_score
 
     n_types = len(np.unique(labels))
-    return [float(adjusted_rand_score(labels, KMeans(n_clusters=n_types, n_init=10, random_state=seed).fit_predict(embedding)))
-            for seed in SEEDS]
+    return [
+        float(
+            adjusted_rand_score(labels, KMeans(n_clusters=n_types, n_init=10, random_state=seed).fit_predict(embedding))
+        )
+        for seed in SEEDS
+    ]
 
 
 def score(output: Path, key: str) -> dict:
@@ -100,12 +104,18 @@ def score(output: Path, key: str) -> dict:
         raw = cluster_ari(pca_embedding(lambda: _blocks(X)), labels)
         record = read_elem(f["uns"][key])
     del ad
-    return {"ari_imputed": float(np.mean(imputed)), "ari_imputed_sd": float(np.std(imputed, ddof=1)),
-            "ari_imputed_seeds": imputed, "ari_log_normalised": float(np.mean(raw)),
-            "ari_log_normalised_sd": float(np.std(raw, ddof=1)), "ari_log_normalised_seeds": raw,
-            "timings": record["timings"],
-            "knn_used": record["params"]["knn_used"], "out_of_core": bool(record["params"]["out_of_core"]),
-            "input_on_disk": bool(record["params"].get("input_on_disk", False))}
+    return {
+        "ari_imputed": float(np.mean(imputed)),
+        "ari_imputed_sd": float(np.std(imputed, ddof=1)),
+        "ari_imputed_seeds": imputed,
+        "ari_log_normalised": float(np.mean(raw)),
+        "ari_log_normalised_sd": float(np.std(raw, ddof=1)),
+        "ari_log_normalised_seeds": raw,
+        "timings": record["timings"],
+        "knn_used": record["params"]["knn_used"],
+        "out_of_core": bool(record["params"]["out_of_core"]),
+        "input_on_disk": bool(record["params"].get("input_on_disk", False)),
+    }
 
 
 def fitted_slope(x: list[float], y: list[float]) -> float:
@@ -142,7 +152,9 @@ def plot(rows: list[dict], figure: Path) -> None:
     peaks = [r["peak_rss_mib"] for r in rows]
     axes[1].loglog(cells, peaks, "o-", label=f"peak RSS (slope {fitted_slope(cells, peaks):.2f})")
     for ax, values in ((axes[0], series["whole command"]), (axes[1], peaks)):
-        ax.loglog(cells, [values[0] * c / cells[0] for c in cells], ":", color="grey", label="linear from the first point")
+        ax.loglog(
+            cells, [values[0] * c / cells[0] for c in cells], ":", color="grey", label="linear from the first point"
+        )
         ax.set_xlabel("cells (2000 genes)")
         ax.legend(fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
@@ -167,6 +179,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import anndata as ad
+
     from resample import resample
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -180,31 +193,63 @@ def main() -> None:
         data, output = args.work / f"cells_{n}.h5ad", args.work / f"cells_{n}.imputed.h5ad"
         if not data.exists():
             resample(source, n, keep=0.8, seed=0).write_h5ad(data)
-        argv = [sys.executable, "-m", "sccr.cli", "impute", str(data), str(output), "--preprocess", "paper",
-                "--n-jobs", str(args.n_jobs), "--force", "--quiet", *args.extra.split()]
+        argv = [
+            sys.executable,
+            "-m",
+            "sccr.cli",
+            "impute",
+            str(data),
+            str(output),
+            "--preprocess",
+            "paper",
+            "--n-jobs",
+            str(args.n_jobs),
+            "--force",
+            "--quiet",
+            *args.extra.split(),
+        ]
         seconds, peak, _ = run_child(argv)
-        row = {"cells": n, "genes": source.n_vars, "seconds": seconds, "peak_rss_mib": peak,
-               "command": " ".join(["sccr", *argv[3:]]), **score(output, "sccr")}
+        row = {
+            "cells": n,
+            "genes": source.n_vars,
+            "seconds": seconds,
+            "peak_rss_mib": peak,
+            "command": " ".join(["sccr", *argv[3:]]),
+            **score(output, "sccr"),
+        }
         output.unlink()
         report["runs"].append(row)
         report["runs"].sort(key=lambda r: r["cells"])
-        report.update({"source": str(args.source.name), "n_jobs": args.n_jobs, "resampling": "cells drawn with replacement, counts Binomial(count, 0.8), seed 0"})
+        report.update(
+            {
+                "source": str(args.source.name),
+                "n_jobs": args.n_jobs,
+                "resampling": "cells drawn with replacement, counts Binomial(count, 0.8), seed 0",
+            }
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"{n:>8} cells: {seconds:8.1f} s, peak RSS {peak:8.0f} MiB, ARI imputed {row['ari_imputed']:.3f} "
-              f"± {row['ari_imputed_sd']:.3f} (log-normalised {row['ari_log_normalised']:.3f} "
-              f"± {row['ari_log_normalised_sd']:.3f}), knn {row['knn_used']}, "
-              f"{'out of core' if row['out_of_core'] else 'in memory'}", flush=True)
+        print(
+            f"{n:>8} cells: {seconds:8.1f} s, peak RSS {peak:8.0f} MiB, ARI imputed {row['ari_imputed']:.3f} "
+            f"± {row['ari_imputed_sd']:.3f} (log-normalised {row['ari_log_normalised']:.3f} "
+            f"± {row['ari_log_normalised_sd']:.3f}), knn {row['knn_used']}, "
+            f"{'out of core' if row['out_of_core'] else 'in memory'}",
+            flush=True,
+        )
     rows = report["runs"]
     if len(rows) >= 2:
         cells = [r["cells"] for r in rows]
         report["slope_time"] = fitted_slope(cells, [r["seconds"] for r in rows])
         report["slope_peak_rss"] = fitted_slope(cells, [r["peak_rss_mib"] for r in rows])
-        report["slope_stages"] = {name: fitted_slope(cells, [stage_seconds(r)[name] for r in rows]) for name in STAGE_GROUPS}
+        report["slope_stages"] = {
+            name: fitted_slope(cells, [stage_seconds(r)[name] for r in rows]) for name in STAGE_GROUPS
+        }
         args.out.write_text(json.dumps(report, indent=1) + "\n")
         plot(rows, args.figure)
-        print(f"slopes (log-log): time {report['slope_time']:.2f}, peak RSS {report['slope_peak_rss']:.2f}; "
-              f"wrote {args.out} and {args.figure}")
+        print(
+            f"slopes (log-log): time {report['slope_time']:.2f}, peak RSS {report['slope_peak_rss']:.2f}; "
+            f"wrote {args.out} and {args.figure}"
+        )
 
 
 if __name__ == "__main__":

@@ -42,13 +42,29 @@ def one_run(n_jobs: int) -> dict:
 
     adata = _preprocessed()
     rss_before = peak_rss_mb()
-    options = Options(method="sccr", k=15, k_gene=2, n_iter=40, alpha=0.05, beta=0.99, gamma=0.01,
-                      sym_final=False, knn="auto", n_jobs=n_jobs, progress=False)
+    options = Options(
+        method="sccr",
+        k=15,
+        k_gene=2,
+        n_iter=40,
+        alpha=0.05,
+        beta=0.99,
+        gamma=0.01,
+        sym_final=False,
+        knn="auto",
+        n_jobs=n_jobs,
+        progress=False,
+    )
     start = time.perf_counter()
     result = run(adata.X, options)  # checks the input and plans memory, as before inside the timed span
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "timings": result.timings, "work": result.work,
-            "peak_rss_mb": peak_rss_mb(), "peak_rss_before_impute_mb": rss_before}
+    return {
+        "seconds": seconds,
+        "timings": result.timings,
+        "work": result.work,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_before_impute_mb": rss_before,
+    }
 
 
 def kernel_throughput(n_jobs: int) -> dict:
@@ -108,7 +124,9 @@ def main() -> None:
     report = {
         "dataset": "worm_neuron, paper preprocessing, 4186 x 2000, float32",
         "settings": "scCR defaults, sym_final=False (authors' Worm Neuron setting)",
-        "n_jobs": args.n_jobs, "repeats": args.repeats, "machine": platform.processor() or platform.machine(),
+        "n_jobs": args.n_jobs,
+        "repeats": args.repeats,
+        "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "impute_seconds_median": total,
         "impute_seconds_runs": [r["seconds"] for r in runs],
@@ -128,15 +146,21 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=1))
     print(f"scCR on Worm Neuron, {args.n_jobs} threads, median of {args.repeats} fresh processes:")
     run_list = ", ".join(f"{r['seconds']:.2f}" for r in runs)
-    print(f"  imputation {total:.2f} s (runs: {run_list}; "
-          f"first process incl. compilation {first['seconds']:.2f} s); reference {REFERENCE_SECONDS} s "
-          f"-> {REFERENCE_SECONDS / total:.1f}x faster")
+    print(
+        f"  imputation {total:.2f} s (runs: {run_list}; "
+        f"first process incl. compilation {first['seconds']:.2f} s); reference {REFERENCE_SECONDS} s "
+        f"-> {REFERENCE_SECONDS / total:.1f}x faster"
+    )
     print("  stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in stages.items()))
-    print(f"  peak RSS {report['peak_rss_mb_median']:.0f} MiB (after loading+preprocessing, before imputing: "
-          f"{report['peak_rss_before_impute_mb_median']:.0f} MiB)")
-    print(f"  propagation: {prop_work / 1e9:.1f} G multiply-adds in {prop_seconds:.2f} s = {report['propagation_gmacs']:.1f} GMAC/s; "
-          f"kernel alone best {kernel['best_gmacs']:.1f} GMAC/s (ratio {report['kernel_ratio_best_over_pipeline']:.2f}); "
-          f"scipy sparse x dense {kernel['scipy_spmm_gmacs']:.1f} GMAC/s")
+    print(
+        f"  peak RSS {report['peak_rss_mb_median']:.0f} MiB (after loading+preprocessing, before imputing: "
+        f"{report['peak_rss_before_impute_mb_median']:.0f} MiB)"
+    )
+    print(
+        f"  propagation: {prop_work / 1e9:.1f} G multiply-adds in {prop_seconds:.2f} s = {report['propagation_gmacs']:.1f} GMAC/s; "
+        f"kernel alone best {kernel['best_gmacs']:.1f} GMAC/s (ratio {report['kernel_ratio_best_over_pipeline']:.2f}); "
+        f"scipy sparse x dense {kernel['scipy_spmm_gmacs']:.1f} GMAC/s"
+    )
     print(f"wrote {args.out}")
 
 

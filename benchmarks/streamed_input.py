@@ -23,8 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -61,10 +59,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import anndata as ad
-    from resample import resample
-    from scaling import run_child, score
 
     import sccr
+    from resample import resample
+    from scaling import run_child, score
 
     args.work.mkdir(parents=True, exist_ok=True)
     data, output = args.work / f"cells_{args.cells}.dense.zarr", args.work / f"cells_{args.cells}.imputed.h5ad"
@@ -74,22 +72,50 @@ def main() -> None:
         logged = sccr.pp.preprocess_paper(counts, n_top_genes=counts.n_vars)
         del counts
         write_dense_zarr(logged, data)
-        print(f"wrote {data} ({logged.n_obs} x {logged.n_vars}, dense) in {time.perf_counter() - start:.1f} s", flush=True)
+        print(
+            f"wrote {data} ({logged.n_obs} x {logged.n_vars}, dense) in {time.perf_counter() - start:.1f} s", flush=True
+        )
         del logged
-    argv = [sys.executable, "-m", "sccr.cli", "impute", str(data), str(output), "--memory-budget", args.memory_budget,
-            "--n-jobs", str(args.n_jobs), "--force", "--quiet"]
+    argv = [
+        sys.executable,
+        "-m",
+        "sccr.cli",
+        "impute",
+        str(data),
+        str(output),
+        "--memory-budget",
+        args.memory_budget,
+        "--n-jobs",
+        str(args.n_jobs),
+        "--force",
+        "--quiet",
+    ]
     seconds, peak, _ = run_child(argv)
-    row = {"cells": args.cells, "seconds": seconds, "peak_rss_mib": peak, "memory_budget": args.memory_budget,
-           "input": "dense float32 X of a .zarr store", "command": " ".join(["sccr", *argv[3:]]), **score(output, "sccr")}
+    row = {
+        "cells": args.cells,
+        "seconds": seconds,
+        "peak_rss_mib": peak,
+        "memory_budget": args.memory_budget,
+        "input": "dense float32 X of a .zarr store",
+        "command": " ".join(["sccr", *argv[3:]]),
+        **score(output, "sccr"),
+    }
     output.unlink()
     report = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
     report["runs"] = sorted([r for r in report["runs"] if r["cells"] != args.cells] + [row], key=lambda r: r["cells"])
-    report.update({"source": args.source.name, "n_jobs": args.n_jobs,
-                   "resampling": "cells drawn with replacement, counts Binomial(count, 0.8), seed 0"})
+    report.update(
+        {
+            "source": args.source.name,
+            "n_jobs": args.n_jobs,
+            "resampling": "cells drawn with replacement, counts Binomial(count, 0.8), seed 0",
+        }
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"{args.cells} cells, dense input streamed: {seconds:.1f} s, peak RSS {peak:.0f} MiB, ARI imputed "
-          f"{row['ari_imputed']:.3f} ± {row['ari_imputed_sd']:.3f}; wrote {args.out}")
+    print(
+        f"{args.cells} cells, dense input streamed: {seconds:.1f} s, peak RSS {peak:.0f} MiB, ARI imputed "
+        f"{row['ari_imputed']:.3f} ± {row['ari_imputed_sd']:.3f}; wrote {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,14 @@ def impute(X, setting: dict, n_jobs: int):
 
 def clustering(M, labels) -> dict:
     runs = [clustering_scores(M, labels, seed=s, n_init=20) for s in SEEDS]
-    return {k: {"mean": float(np.mean([r[k] for r in runs])), "sd": float(np.std([r[k] for r in runs])),
-                "runs": [r[k] for r in runs]} for k in ("ari", "nmi", "ca")}
+    return {
+        k: {
+            "mean": float(np.mean([r[k] for r in runs])),
+            "sd": float(np.std([r[k] for r in runs])),
+            "runs": [r[k] for r in runs],
+        }
+        for k in ("ari", "nmi", "ca")
+    }
 
 
 def label_aris(matrices, labels) -> list[float]:
@@ -72,16 +78,32 @@ def run_dataset(name: str, n_jobs: int) -> dict:
     labels = np.asarray(adata.obs["celltype"])
     record: dict = {"cells": adata.n_obs, "genes": adata.n_vars, "types": len(np.unique(labels)), "n_jobs": n_jobs}
 
-    table = sccr.tl.tune(adata, counts_layer="counts", random_state=0, n_jobs=n_jobs, progress=False,
-                         echo=lambda m: print(f"  [{name}] tune: {m}", flush=True))
+    table = sccr.tl.tune(
+        adata,
+        counts_layer="counts",
+        random_state=0,
+        n_jobs=n_jobs,
+        progress=False,
+        echo=lambda m: print(f"  [{name}] tune: {m}", flush=True),
+    )
     info = adata.uns["sccr_tune"]
     best = dict(info["best"])
-    record["tune"] = {"best": best, "cost": dict(info["cost"]), "config": dict(info["config"]),
-                      "table": json.loads(table.to_json(orient="records"))}
-    score_of = {"none": float(info["none_score"]), "tuned": float(info["best_score"]),
-                "defaults": float(table.loc[table["default"], "score"].iloc[0])}
+    record["tune"] = {
+        "best": best,
+        "cost": dict(info["cost"]),
+        "config": dict(info["config"]),
+        "table": json.loads(table.to_json(orient="records")),
+    }
+    score_of = {
+        "none": float(info["none_score"]),
+        "tuned": float(info["best_score"]),
+        "defaults": float(table.loc[table["default"], "score"].iloc[0]),
+    }
     settings = {"none": {"method": "none"}, "defaults": DEFAULTS, "tuned": best}
-    print(f"  [{name}] tuned: {best} ({info['cost']['imputations']} imputations, {info['cost']['seconds']:.0f} s)", flush=True)
+    print(
+        f"  [{name}] tuned: {best} ({info['cost']['imputations']} imputations, {info['cost']['seconds']:.0f} s)",
+        flush=True,
+    )
 
     # clustering and dropout recovery of the three settings
     imputed, models = {}, {}
@@ -111,20 +133,37 @@ def run_dataset(name: str, n_jobs: int) -> dict:
             record["stability"][key] = None
             continue
         params = {k: v for k, v in setting.items() if k != "method"}
-        st = sccr.tl.stability(adata, n_runs=n_runs, method=setting["method"], params=params, n_jobs=n_jobs,
-                               keep_runs=True, progress=False, key_added=f"st_{key}")
+        st = sccr.tl.stability(
+            adata,
+            n_runs=n_runs,
+            method=setting["method"],
+            params=params,
+            n_jobs=n_jobs,
+            keep_runs=True,
+            progress=False,
+            key_added=f"st_{key}",
+        )
         aris = label_aris(st.pop("runs_imputed"), labels)
         st["label_ari_reruns"] = aris
         st["label_ari_range"] = float(max(aris) - min(aris))
         st["label_ari_sd"] = float(np.std(aris))
         record["stability"][key] = st
-        print(f"  [{name}] stability {key}: {st['verdict']}, fragility {st['fragility']:.3f}, "
-              f"label ARI over reruns {np.round(aris, 3).tolist()}", flush=True)
+        print(
+            f"  [{name}] stability {key}: {st['verdict']}, fragility {st['fragility']:.3f}, "
+            f"label ARI over reruns {np.round(aris, 3).tolist()}",
+            flush=True,
+        )
 
     # the permutation null for scCR's signed gene graph (defaults)
     model = models["defaults"]
-    null = sccr.tl.null_check(adata, method="sccr", random_state=0, n_jobs=n_jobs,
-                              real=(imputed["defaults"], model.gene_graph_), key_added=None)
+    null = sccr.tl.null_check(
+        adata,
+        method="sccr",
+        random_state=0,
+        n_jobs=n_jobs,
+        real=(imputed["defaults"], model.gene_graph_),
+        key_added=None,
+    )
     record["null_defaults"] = {k: v for k, v in null.items() if k != "bins"}
     record["seconds"] = time.perf_counter() - t0
     record["cpu_seconds"] = time.process_time() - c0
@@ -142,31 +181,49 @@ def summary(results: dict) -> str:
                 f"{c['nmi']['mean']:.3f} ± {c['nmi']['sd']:.3f} | {c['ca']['mean']:.3f} ± {c['ca']['sd']:.3f} | "
                 f"{r['dropout_0.2'][key]['rmse']:.3f} |"
             )
-    lines += ["", "| data set | setting | verdict | fragility (1 - min ARI between reruns) | cells moved > 0.1 | max change | label ARI over reruns (seed 0) | range |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| data set | setting | verdict | fragility (1 - min ARI between reruns) | cells moved > 0.1 | max change | label ARI over reruns (seed 0) | range |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         for key in ("defaults", "tuned"):
             st = r["stability"].get(key)
             if st:
-                lines.append(f"| {name} | {key} | {st['verdict']} | {st['fragility']:.3f} | {100 * st['cells_moved']:.1f}% | "
-                             f"{st['max_change']:.2f} | {', '.join(f'{a:.3f}' for a in st['label_ari_reruns'])} | {st['label_ari_range']:.3f} |")
-    lines += ["", "| data set | pairs > 0.5 real / null | pairs < -0.5 real / null | associating edges surviving | dissociating edges surviving |",
-              "|---|---|---|---|---|"]
+                lines.append(
+                    f"| {name} | {key} | {st['verdict']} | {st['fragility']:.3f} | {100 * st['cells_moved']:.1f}% | "
+                    f"{st['max_change']:.2f} | {', '.join(f'{a:.3f}' for a in st['label_ari_reruns'])} | {st['label_ari_range']:.3f} |"
+                )
+    lines += [
+        "",
+        "| data set | pairs > 0.5 real / null | pairs < -0.5 real / null | associating edges surviving | dissociating edges surviving |",
+        "|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         n = r["null_defaults"]
         e = n["edges"]
-        lines.append(f"| {name} | {n['real']['associating']} / {n['null']['associating']} | {n['real']['dissociating']} / {n['null']['dissociating']} | "
-                     f"{e['associating']['n_survive']} of {e['associating']['n_edges']} | {e['dissociating']['n_survive']} of {e['dissociating']['n_edges']} |")
+        lines.append(
+            f"| {name} | {n['real']['associating']} / {n['null']['associating']} | {n['real']['dissociating']} / {n['null']['dissociating']} | "
+            f"{e['associating']['n_survive']} of {e['associating']['n_edges']} | {e['dissociating']['n_survive']} of {e['dissociating']['n_edges']} |"
+        )
     return "\n".join(lines)
 
 
 def targets(results: dict) -> dict:
-    diffs = {n: r["clustering"]["tuned"]["ari"]["mean"] - r["clustering"]["none"]["ari"]["mean"] for n, r in results.items()}
-    gains = {n: r["clustering"]["tuned"]["ari"]["mean"] - r["clustering"]["defaults"]["ari"]["mean"] for n, r in results.items()}
+    diffs = {
+        n: r["clustering"]["tuned"]["ari"]["mean"] - r["clustering"]["none"]["ari"]["mean"] for n, r in results.items()
+    }
+    gains = {
+        n: r["clustering"]["tuned"]["ari"]["mean"] - r["clustering"]["defaults"]["ari"]["mean"]
+        for n, r in results.items()
+    }
     names = list(results)
     fragility = {n: results[n]["stability"]["defaults"]["fragility"] for n in names}
     shown = {n: results[n]["stability"]["defaults"]["label_ari_range"] for n in names}
-    rank = lambda d: [n for n, _ in sorted(d.items(), key=lambda kv: kv[1])]
+
+    def rank(d):
+        return [n for n, _ in sorted(d.items(), key=lambda kv: kv[1])]
+
     return {
         "tuned_minus_none_ari": diffs,
         "never_worse_than_none_by_0.01": bool(all(d >= -0.01 for d in diffs.values())),
@@ -203,9 +260,19 @@ def main() -> None:
     if len(results) == len(DATASETS):
         t = targets(results)
         print(json.dumps(t, indent=1))
-        out.write_text(json.dumps({"datasets": results, "targets": t, "summary": text,
-                                   "command": "PYTHONPATH=src python " + " ".join(sys.argv),
-                                   "versions": sccr.__version__}, indent=1, default=float))
+        out.write_text(
+            json.dumps(
+                {
+                    "datasets": results,
+                    "targets": t,
+                    "summary": text,
+                    "command": "PYTHONPATH=src python " + " ".join(sys.argv),
+                    "versions": sccr.__version__,
+                },
+                indent=1,
+                default=float,
+            )
+        )
 
 
 if __name__ == "__main__":

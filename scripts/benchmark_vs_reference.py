@@ -26,8 +26,14 @@ def main() -> None:
     parser.add_argument("results")
     parser.add_argument("--reference", default=str(ROOT.parent / "shared" / "reference"))
     args = parser.parse_args()
-    ours = {(r["dataset"], r["task"], r["rate"], r["seed"]): r for r in read_records(Path(args.results)) if r["method"] == "sccr"}
-    print("| data set | rate | seed | ARI ours / ref | NMI ours / ref | CA ours / ref | paper's RMSE (MAE) ours / ref | RMSE ours / ref |")
+    ours = {
+        (r["dataset"], r["task"], r["rate"], r["seed"]): r
+        for r in read_records(Path(args.results))
+        if r["method"] == "sccr"
+    }
+    print(
+        "| data set | rate | seed | ARI ours / ref | NMI ours / ref | CA ours / ref | paper's RMSE (MAE) ours / ref | RMSE ours / ref |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for path in sorted(Path(args.reference).glob("*_d*_s*.json")):
         name, rate, seed = re.fullmatch(r"(.+)_d([\d.]+)_s(\d+)", path.stem).groups()

@@ -20,8 +20,8 @@ import anndata as ad
 import numpy as np
 
 import sccr
-from sccr._versions import versions
 from sccr._evaluation import clustering_scores, drop_entries, imputation_errors
+from sccr._versions import versions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,14 +39,27 @@ def compare(shared: Path, name: str, rate: float, seed: int, cache: dict) -> dic
             X, rows, cols = drop_entries(data.X, rate, seed)
         start = time.perf_counter()
         model = sccr.SCCR(
-            k=args["k"], k_gene=args["k_col"], n_iter=args["iter"], alpha=args["alpha"],
-            beta=args["beta"], gamma=args["gamma"], sym_final=args["sym"], progress=False,
+            k=args["k"],
+            k_gene=args["k_col"],
+            n_iter=args["iter"],
+            alpha=args["alpha"],
+            beta=args["beta"],
+            gamma=args["gamma"],
+            sym_final=args["sym"],
+            progress=False,
         )
         imputed = model.fit_transform(X)
         cache[key] = (data, imputed, rows, cols, time.perf_counter() - start)
     data, imputed, rows, cols, seconds = cache[key]
 
-    row = {"dataset": name, "rate": rate, "seed": seed, "sym_final": args["sym"], "gamma": args["gamma"], "seconds": seconds}
+    row = {
+        "dataset": name,
+        "rate": rate,
+        "seed": seed,
+        "sym_final": args["sym"],
+        "gamma": args["gamma"],
+        "seconds": seconds,
+    }
     npz_path = shared / "reference" / f"{name}_d{rate}_s{seed}.npz"
     if npz_path.exists():
         npz = np.load(npz_path)
@@ -58,8 +71,8 @@ def compare(shared: Path, name: str, rate: float, seed: int, cache: dict) -> dic
             col_std_diff=float(np.abs(imputed.std(axis=0) - npz["col_std"]).max()),
         )
         if "dropped_rows" in npz:
-            ours = set(zip(rows.tolist(), cols.tolist()))
-            theirs = set(zip(npz["dropped_rows"].tolist(), npz["dropped_cols"].tolist()))
+            ours = set(zip(rows.tolist(), cols.tolist(), strict=True))
+            theirs = set(zip(npz["dropped_rows"].tolist(), npz["dropped_cols"].tolist(), strict=True))
             row["same_dropped"] = ours == theirs
     labels = data.obs["celltype"].to_numpy()
     scores = clustering_scores(imputed, labels, seed=seed)
@@ -69,14 +82,21 @@ def compare(shared: Path, name: str, rate: float, seed: int, cache: dict) -> dic
         truth = np.asarray(data.X[rows, cols]).ravel()
         errors = imputation_errors(imputed[rows, cols], truth)
         row.update({k: errors[k] for k in ("rmse", "mae", "median_l1", "cosine")})
-        row.update(ref_rmse=ref["rmse_true"], ref_mae=ref["rmse_official"], ref_median_l1=ref["median_l1"], ref_cosine=ref["cosine"])
+        row.update(
+            ref_rmse=ref["rmse_true"],
+            ref_mae=ref["rmse_official"],
+            ref_median_l1=ref["median_l1"],
+            ref_cosine=ref["cosine"],
+        )
     row["ref_seconds"] = ref["impute_time_s"]
     return row
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| data set | drop | seed | values within 1e-3 | max diff | col mean / std diff | ARI ours / ref | NMI ours / ref | CA ours / ref | errors ours / ref |\n"
-            "|---|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| data set | drop | seed | values within 1e-3 | max diff | col mean / std diff | ARI ours / ref | NMI ours / ref | CA ours / ref | errors ours / ref |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
     lines = [head]
     for r in rows:
         values = f"{r['within_1e3']:.2%}" if "within_1e3" in r else "(not sampled)"
@@ -84,9 +104,11 @@ def markdown(rows: list[dict]) -> str:
         cols = f"{r['col_mean_diff']:.1e} / {r['col_std_diff']:.1e}" if "col_mean_diff" in r else ""
         errors = ""
         if r["rate"] > 0:
-            errors = (f"RMSE {r['rmse']:.4f} / {r['ref_rmse']:.4f}; MAE {r['mae']:.4f} / {r['ref_mae']:.4f}; "
-                      f"median L1 {r['median_l1']:.4f} / {r['ref_median_l1']:.4f}; cosine {r['cosine']:.4f} / {r['ref_cosine']:.4f}"
-                      + ("; same dropped entries" if r.get("same_dropped") else "; DROPPED ENTRIES DIFFER"))
+            errors = (
+                f"RMSE {r['rmse']:.4f} / {r['ref_rmse']:.4f}; MAE {r['mae']:.4f} / {r['ref_mae']:.4f}; "
+                f"median L1 {r['median_l1']:.4f} / {r['ref_median_l1']:.4f}; cosine {r['cosine']:.4f} / {r['ref_cosine']:.4f}"
+                + ("; same dropped entries" if r.get("same_dropped") else "; DROPPED ENTRIES DIFFER")
+            )
         lines.append(
             f"| {r['dataset']} | {r['rate']} | {r['seed']} | {values} | {maxd} | {cols} | "
             f"{r['ari']:.4f} / {r['ref_ari']:.4f} | {r['nmi']:.4f} / {r['ref_nmi']:.4f} | {r['ca']:.4f} / {r['ref_ca']:.4f} | {errors} |"

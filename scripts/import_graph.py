@@ -18,7 +18,19 @@ LAYERS = (
     ("options", ("sccr._options",)),
     ("engine", ("sccr._engine",)),
     ("around the engine", ("sccr._io", "sccr._adata", "sccr._preprocess", "sccr._evaluation", "sccr.datasets")),
-    ("faces", ("sccr._estimator", "sccr._anndata", "sccr.pp", "sccr.tl", "sccr.pl", "sccr.get", "sccr._benchmark", "sccr.cli")),
+    (
+        "faces",
+        (
+            "sccr._estimator",
+            "sccr._anndata",
+            "sccr.pp",
+            "sccr.tl",
+            "sccr.pl",
+            "sccr.get",
+            "sccr._benchmark",
+            "sccr.cli",
+        ),
+    ),
     ("package", ("sccr",)),
 )
 

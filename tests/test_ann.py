@@ -10,10 +10,11 @@ import scipy.sparse as sp
 
 import sccr
 from helpers import DATA, REFERENCE, in_threads, make_expression, require
-from sccr._engine import ann as _ann, graph as _graph
-from sccr._engine.matrix import Matrix
+from sccr._engine import ann as _ann
+from sccr._engine import graph as _graph
 from sccr._engine.ann import approximate_neighbours
 from sccr._engine.graph import _cosine_blocks, _exact_cosine, _row_normalised, knn_graph, resolve_knn, top_neighbours
+from sccr._engine.matrix import Matrix
 
 K1 = 16  # k = 15 plus the row itself, as the pipeline asks
 

@@ -23,20 +23,26 @@ def test_no_import_cycles(graph):
 
 
 def test_imports_go_down_the_layers(graph):
-    upward = [(m, t) for m, targets in graph.items() for t in targets if import_graph.layer_of(t) > import_graph.layer_of(m)]
+    upward = [
+        (m, t) for m, targets in graph.items() for t in targets if import_graph.layer_of(t) > import_graph.layer_of(m)
+    ]
     assert upward == []
 
 
 def test_one_entry_into_the_engine(graph):
     """Outside ``sccr._engine`` only its ``__init__`` is imported, never a module of it."""
-    inside = [(m, t) for m, targets in graph.items() for t in targets
-              if t.startswith("sccr._engine.") and not m.startswith("sccr._engine")]
+    inside = [
+        (m, t)
+        for m, targets in graph.items()
+        for t in targets
+        if t.startswith("sccr._engine.") and not m.startswith("sccr._engine")
+    ]
     assert inside == []
 
 
 def test_readme_layout_names_every_module(graph):
     readme = (ROOT / "README.md").read_text()
-    layout = readme[readme.index("## Layout"):]
+    layout = readme[readme.index("## Layout") :]
     layout = layout[: layout.index("\n## ", 4)]
     missing = [m for m in graph if f"`{m.removeprefix('sccr.').replace('.', '/')}" not in layout and m != "sccr"]
     assert missing == []

@@ -79,7 +79,9 @@ MATRIX_CASES = [
     Case("inf", lambda: with_entry(np.inf), "error", "NaN or infinite"),
     Case("nan-sparse", lambda: sp.csr_matrix(with_entry(np.nan)), "error", "NaN or infinite"),
     Case("negative-scaled", lambda: expression() - expression().mean(axis=0), "error", "negative values"),
-    Case("raw-counts", lambda: make_counts(N_CELLS, N_GENES, seed=3), "warning", "--preprocess paper", sccr.CountsWarning),
+    Case(
+        "raw-counts", lambda: make_counts(N_CELLS, N_GENES, seed=3), "warning", "--preprocess paper", sccr.CountsWarning
+    ),
     Case("all-zero-cells", zero_cells, "warning", "2 of 60 cells"),
     Case("all-zero-genes", zero_genes, "warning", "1 of 30 genes"),
     Case("all-zero-matrix", lambda: np.zeros((N_CELLS, N_GENES), np.float32), "error", "no non-zero value"),
@@ -88,8 +90,20 @@ MATRIX_CASES = [
     Case("fewer-cells-than-k+1", lambda: expression()[:5], "error", "need at least k + 1 = 6 cells"),
     Case("single-gene", lambda: expression()[:, :1], "error", "at least 2 genes"),
     Case("fewer-genes-than-k_gene+1", lambda: expression()[:, :2], "error", "k_gene + 1 = 3 genes"),
-    Case("int64-counts", lambda: make_counts(N_CELLS, N_GENES, seed=3).astype(np.int64), "warning", "raw counts", sccr.CountsWarning),
-    Case("int32-counts", lambda: sp.csr_matrix(make_counts(N_CELLS, N_GENES, seed=3).astype(np.int32)), "warning", "raw counts", sccr.CountsWarning),
+    Case(
+        "int64-counts",
+        lambda: make_counts(N_CELLS, N_GENES, seed=3).astype(np.int64),
+        "warning",
+        "raw counts",
+        sccr.CountsWarning,
+    ),
+    Case(
+        "int32-counts",
+        lambda: sp.csr_matrix(make_counts(N_CELLS, N_GENES, seed=3).astype(np.int32)),
+        "warning",
+        "raw counts",
+        sccr.CountsWarning,
+    ),
     Case("float16", lambda: expression().astype(np.float16), "ok"),
     Case("float64", lambda: expression().astype(np.float64), "ok"),
     Case("bool", lambda: expression() > 0, "ok"),
@@ -101,16 +115,53 @@ MATRIX_CASES = [
     Case("coo", lambda: sp.coo_matrix(expression()), "ok"),
     Case("csr_array", lambda: sp.csr_array(expression()), "ok"),
     Case("k=0", expression, "error", "k must be an integer >= 1", params=dict(k=0), argv=("--k", "0")),
-    Case("k_gene=0", expression, "error", "k_gene must be an integer >= 1", params=dict(k_gene=0), argv=("--k-gene", "0")),
-    Case("n_iter<0", expression, "error", "n_iter must be an integer >= 0", params=dict(n_iter=-1), argv=("--n-iter", "-1")),
+    Case(
+        "k_gene=0", expression, "error", "k_gene must be an integer >= 1", params=dict(k_gene=0), argv=("--k-gene", "0")
+    ),
+    Case(
+        "n_iter<0",
+        expression,
+        "error",
+        "n_iter must be an integer >= 0",
+        params=dict(n_iter=-1),
+        argv=("--n-iter", "-1"),
+    ),
     Case("alpha>1", expression, "error", "alpha must be in [0, 1]", params=dict(alpha=1.5), argv=("--alpha", "1.5")),
     Case("beta<0", expression, "error", "beta must be in [0, 1]", params=dict(beta=-0.1), argv=("--beta", "-0.1")),
-    Case("gamma-nan", expression, "error", "gamma must be in [0, 1]", params=dict(gamma=float("nan")), argv=("--gamma", "nan")),
-    Case("method-unknown", expression, "error", "method must be one of", params=dict(method="magic"), argv=("--method", "magic"),
-         cli_phrase="invalid choice: 'magic'"),
-    Case("knn-unknown", expression, "error", "knn must be one of", params=dict(knn="fast"), argv=("--knn", "fast"),
-         cli_phrase="invalid choice: 'fast'"),
-    Case("n_jobs=0", expression, "error", "n_jobs must be a positive integer", params=dict(n_jobs=0), argv=("--n-jobs", "0")),
+    Case(
+        "gamma-nan",
+        expression,
+        "error",
+        "gamma must be in [0, 1]",
+        params=dict(gamma=float("nan")),
+        argv=("--gamma", "nan"),
+    ),
+    Case(
+        "method-unknown",
+        expression,
+        "error",
+        "method must be one of",
+        params=dict(method="magic"),
+        argv=("--method", "magic"),
+        cli_phrase="invalid choice: 'magic'",
+    ),
+    Case(
+        "knn-unknown",
+        expression,
+        "error",
+        "knn must be one of",
+        params=dict(knn="fast"),
+        argv=("--knn", "fast"),
+        cli_phrase="invalid choice: 'fast'",
+    ),
+    Case(
+        "n_jobs=0",
+        expression,
+        "error",
+        "n_jobs must be a positive integer",
+        params=dict(n_jobs=0),
+        argv=("--n-jobs", "0"),
+    ),
 ]
 
 
@@ -135,8 +186,9 @@ def check_outcome(case: Case, call: Callable[[], object]):
     if case.outcome == "ok":
         assert ours == [], [str(w.message) for w in ours]
     else:
-        assert any(issubclass(w.category, case.warning) and case.phrase in str(w.message) for w in ours), (
-            [str(w.message) for w in caught])
+        assert any(issubclass(w.category, case.warning) and case.phrase in str(w.message) for w in ours), [
+            str(w.message) for w in caught
+        ]
     return result
 
 
@@ -252,13 +304,16 @@ def adata() -> ad.AnnData:
     return a
 
 
-@pytest.mark.parametrize("layer,key_added,phrase", [
-    ("nope", "sccr", "layer 'nope' not found in adata.layers (available: 'log')"),
-    ("log", "log", "would overwrite the input layer"),
-    (None, "", "key_added must be a non-empty name"),
-    (None, "a/b", "without '/'"),
-    (None, 3, "key_added must be"),
-])
+@pytest.mark.parametrize(
+    "layer,key_added,phrase",
+    [
+        ("nope", "sccr", "layer 'nope' not found in adata.layers (available: 'log')"),
+        ("log", "log", "would overwrite the input layer"),
+        (None, "", "key_added must be a non-empty name"),
+        (None, "a/b", "without '/'"),
+        (None, 3, "key_added must be"),
+    ],
+)
 def test_layer_and_key(adata, layer, key_added, phrase):
     with pytest.raises(sccr.InputError) as err:
         sccr.impute(adata, layer=layer, key_added=key_added, **API)
@@ -376,12 +431,15 @@ def test_unreadable_input(damage, tmp_path, capsys):
     assert {p.name: (digest(p) if p.is_file() else None) for p in tmp_path.iterdir()} == before
 
 
-@pytest.mark.parametrize("where,phrase", [
-    ("missing/out.h5ad", "does not exist; create it first"),
-    ("in.h5ad", "is the input file"),
-    ("sub/../in.h5ad", "is the input file"),
-    ("sub", "is a folder"),
-])
+@pytest.mark.parametrize(
+    "where,phrase",
+    [
+        ("missing/out.h5ad", "does not exist; create it first"),
+        ("in.h5ad", "is the input file"),
+        ("sub/../in.h5ad", "is the input file"),
+        ("sub", "is a folder"),
+    ],
+)
 def test_bad_output_path(where, phrase, tmp_path, capsys):
     src, before = write_input(tmp_path, expression())
     (tmp_path / "sub").mkdir()
@@ -464,8 +522,9 @@ def test_ctrl_c_in_a_threaded_stage_drops_the_queued_chunks(monkeypatch):
 
     with pytest.raises(KeyboardInterrupt):
         with executing(Execution(n_jobs=2)):
-            _propagation.propagate_chunks(sp.identity(50, format="csr", dtype=np.float32), 100, load,
-                                          lambda i, block: None, n_iter=1, hard=True)
+            _propagation.propagate_chunks(
+                sp.identity(50, format="csr", dtype=np.float32), 100, load, lambda i, block: None, n_iter=1, hard=True
+            )
     assert len(loaded) <= 5  # the chunk that finished and those in flight, not all 100
 
 
@@ -483,16 +542,24 @@ sccr.cli.entry()
 """
 
 
-@pytest.mark.parametrize("signum,code,word", [
-    (signal.SIGINT, 130, "interrupted"),
-    (signal.SIGTERM, 143, "terminated"),
-], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "signum,code,word",
+    [
+        (signal.SIGINT, 130, "interrupted"),
+        (signal.SIGTERM, 143, "terminated"),
+    ],
+    ids=["SIGINT", "SIGTERM"],
+)
 @pytest.mark.slow
 def test_signal_during_write_leaves_nothing(signum, code, word, tmp_path):
     """A real Ctrl-C, or a scheduler's SIGTERM, while OUTPUT is half written."""
     src, before = write_input(tmp_path, expression())
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, "impute", str(src), str(tmp_path / "out.h5ad"), *CLI],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, "impute", str(src), str(tmp_path / "out.h5ad"), *CLI],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "writing"
         assert leftovers(tmp_path) != set()  # the temporary file exists now
@@ -536,8 +603,12 @@ def test_subprocess_error_has_no_traceback(damage, phrase, tmp_path):
     if damage == "truncated":
         truncated(src)
         before = digest(src)
-    proc = subprocess.run([sys.executable, "-m", "sccr.cli", "impute", str(src), str(tmp_path / "out.h5ad"), *CLI],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sccr.cli", "impute", str(src), str(tmp_path / "out.h5ad"), *CLI],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("sccr: error:")]
     assert len(errors) == 1 and phrase in errors[0] and "Traceback" not in proc.stderr, proc.stderr
@@ -557,7 +628,11 @@ def message_heads(source: str) -> list[str]:
 
     heads = []
     for call in ast.walk(ast.parse(source)):
-        if not isinstance(call, ast.Call) or not call.args or ast.unparse(call.func) not in ("InputError", "warnings.warn"):
+        if (
+            not isinstance(call, ast.Call)
+            or not call.args
+            or ast.unparse(call.func) not in ("InputError", "warnings.warn")
+        ):
             continue
         parts = call.args[0].values if isinstance(call.args[0], ast.JoinedStr) else [call.args[0]]
         chunks, done = [""], False

@@ -12,13 +12,26 @@ import scipy.sparse as sp
 import sccr
 from helpers import make_counts
 from sccr._benchmark import runner as _benchmark
-from sccr._benchmark.runner import data_gene_edges, gene_edge_signs, load_dataset, method_params, read_records
 from sccr._benchmark.report import summary_markdown
+from sccr._benchmark.runner import data_gene_edges, gene_edge_signs, load_dataset, method_params, read_records
 from sccr._resources import PeakRSS
 from sccr.cli import main
 
 ALL = ["raw", "sccr", "scfp", "scbfp", "magic", "alra", "knn"]
-REQUIRED = {"dataset", "method", "task", "rate", "seed", "ari", "nmi", "ca", "seconds", "peak_rss_mb", "params", "versions"}
+REQUIRED = {
+    "dataset",
+    "method",
+    "task",
+    "rate",
+    "seed",
+    "ari",
+    "nmi",
+    "ca",
+    "seconds",
+    "peak_rss_mb",
+    "params",
+    "versions",
+}
 DROPOUT = {"rmse", "mae", "median_l1", "cosine"}
 
 
@@ -34,7 +47,15 @@ def counts_file(tmp_path):
 
 
 def run(counts_file, out, **kw):
-    kw = {"methods": ["raw", "knn"], "rates": (0.5,), "seeds": (0, 1), "figures": False, "progress": False, "echo": lambda m: None, **kw}
+    kw = {
+        "methods": ["raw", "knn"],
+        "rates": (0.5,),
+        "seeds": (0, 1),
+        "figures": False,
+        "progress": False,
+        "echo": lambda m: None,
+        **kw,
+    }
     return sccr.benchmark([counts_file], out=out, **kw)
 
 
@@ -121,11 +142,27 @@ def test_bad_grid_and_labels(counts_file, tmp_path):
 
 def test_cli_benchmark(counts_file, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["benchmark", str(counts_file), "--out", str(out), "--methods", "raw,knn", "--tasks", "clustering,mcar",
-            "--rates", "0.4", "--seeds", "0", "--no-figures", "--quiet"]
+    args = [
+        "benchmark",
+        str(counts_file),
+        "--out",
+        str(out),
+        "--methods",
+        "raw,knn",
+        "--tasks",
+        "clustering,mcar",
+        "--rates",
+        "0.4",
+        "--seeds",
+        "0",
+        "--no-figures",
+        "--quiet",
+    ]
     assert main(args) == 0
     records = read_records(out / "results.jsonl")
-    assert {(r["method"], r["task"]) for r in records} == {(m, t) for m in ("raw", "knn") for t in ("clustering", "mcar")}
+    assert {(r["method"], r["task"]) for r in records} == {
+        (m, t) for m in ("raw", "knn") for t in ("clustering", "mcar")
+    }
     assert main(args[:-2] + ["--label-key", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sccr: error:") and "'nope'" in err and len(err.strip().splitlines()) == 1
@@ -138,7 +175,9 @@ def test_genes_dir_fixes_the_gene_list(counts_file, tmp_path):
     records = run(counts_file, tmp_path / "out", methods=["raw"], tasks=["clustering"], seeds=(0,), genes_dir=tmp_path)
     assert records[0]["n_genes"] == 30 and records[0]["preprocess"]["genes"].endswith("tiny.genes.txt")
     # Without a list for the data set, the top genes by variance are used.
-    other = run(counts_file, tmp_path / "out2", methods=["raw"], tasks=["clustering"], seeds=(0,), genes_dir=tmp_path / "none")
+    other = run(
+        counts_file, tmp_path / "out2", methods=["raw"], tasks=["clustering"], seeds=(0,), genes_dir=tmp_path / "none"
+    )
     assert other[0]["n_genes"] == 60
 
 
@@ -146,7 +185,14 @@ def test_bundled_data_set_by_name_and_paper_settings():
     data = load_dataset("worm_neuron", label_key="celltype")
     assert data.name == "worm_neuron" and data.X.shape == (4186, 2000) and len(set(data.labels)) == 10
     assert method_params("sccr", "worm_neuron", "clustering") == {
-        "k": 15, "k_gene": 2, "n_iter": 40, "alpha": 0.05, "beta": 0.99, "gamma": 0.01, "sym_final": False}
+        "k": 15,
+        "k_gene": 2,
+        "n_iter": 40,
+        "alpha": 0.05,
+        "beta": 0.99,
+        "gamma": 0.01,
+        "sym_final": False,
+    }
     assert method_params("scfp", "other", "mnar")["sym_final"] is True
     assert method_params("sccr", "other", "mnar")["gamma"] == 1.0
 
@@ -169,8 +215,20 @@ def test_data_gene_edges_hand_case():
 
 
 def test_summary_marks_best_of_each_row():
-    base = {"dataset": "d", "task": "clustering", "rate": 0.0, "nmi": 0.5, "ca": 0.5, "seconds": 1.0, "peak_rss_mb": 10.0}
-    records = [{**base, "method": m, "seed": s, "ari": a} for m, vals in (("raw", (0.1, 0.3)), ("sccr", (0.6, 0.8))) for s, a in enumerate(vals)]
+    base = {
+        "dataset": "d",
+        "task": "clustering",
+        "rate": 0.0,
+        "nmi": 0.5,
+        "ca": 0.5,
+        "seconds": 1.0,
+        "peak_rss_mb": 10.0,
+    }
+    records = [
+        {**base, "method": m, "seed": s, "ari": a}
+        for m, vals in (("raw", (0.1, 0.3)), ("sccr", (0.6, 0.8)))
+        for s, a in enumerate(vals)
+    ]
     text = summary_markdown(records)
     assert "| d | 0.200 ± 0.100 | **0.700 ± 0.100** |" in text
 
@@ -188,8 +246,10 @@ def test_rerun_says_how_many_records_it_skipped(counts_file, tmp_path):
     out, notices = tmp_path / "out", []
     first = run(counts_file, out)
     run(counts_file, out, echo=notices.append)
-    assert notices == [f"sccr: notice: {len(first)} of {len(first)} records were already in {out / 'results.jsonl'} "
-                       "and were skipped (--force recomputes them)"]
+    assert notices == [
+        f"sccr: notice: {len(first)} of {len(first)} records were already in {out / 'results.jsonl'} "
+        "and were skipped (--force recomputes them)"
+    ]
 
 
 @pytest.mark.filterwarnings("ignore:no non-zero value in:sccr.InputWarning")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 import os
 import stat
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -65,6 +65,7 @@ def files_in(folder) -> set[str]:
 
 # --- success -------------------------------------------------------------------------
 
+
 def test_impute_writes_output_and_leaves_input(workdir, capsys):
     src, dst = workdir / "in.h5ad", workdir / "out.h5ad"
     before = digest(src)
@@ -114,10 +115,25 @@ def test_memory_budget_streams_out_of_core_with_the_same_output(workdir, capsys,
     src, scratch = workdir / "in.h5ad", workdir / "scratch"
     scratch.mkdir()
     nnz = ad.read_h5ad(src).X.nnz
-    budget = estimate_peak_bytes(120, 40, nnz, method="sccr", k=5, k_gene=2, n_jobs=1, out_of_core=True,
-                                 output_in_memory=False)
-    code, _, err = run_cli(capsys, "impute", src, workdir / "a.h5ad", "--k", "5", "--n-iter", "5", "--n-jobs", "1",
-                           "--memory-budget", str(budget), "--scratch-dir", scratch)
+    budget = estimate_peak_bytes(
+        120, 40, nnz, method="sccr", k=5, k_gene=2, n_jobs=1, out_of_core=True, output_in_memory=False
+    )
+    code, _, err = run_cli(
+        capsys,
+        "impute",
+        src,
+        workdir / "a.h5ad",
+        "--k",
+        "5",
+        "--n-iter",
+        "5",
+        "--n-jobs",
+        "1",
+        "--memory-budget",
+        str(budget),
+        "--scratch-dir",
+        scratch,
+    )
     assert code == 0 and "out of core" in err, err
     assert run_cli(capsys, "impute", src, workdir / "b.h5ad", *FAST)[0] == 0
     out_of_core, in_memory = ad.read_h5ad(workdir / "a.h5ad"), ad.read_h5ad(workdir / "b.h5ad")
@@ -132,13 +148,37 @@ def test_zarr_in_zarr_out_with_the_input_streamed(workdir, capsys, monkeypatch):
 
     monkeypatch.delenv(SKIP_ENV, raising=False)
     ad.read_h5ad(workdir / "in.h5ad").write_zarr(workdir / "in.zarr")
-    budget = estimate_peak_bytes(120, 40, None, method="sccr", k=5, k_gene=2, n_jobs=1, out_of_core=True,
-                                 output_in_memory=False, input_on_disk=True)
-    code, _, err = run_cli(capsys, "impute", workdir / "in.zarr", workdir / "out.zarr", "--k", "5", "--n-iter", "5",
-                           "--n-jobs", "1", "--memory-budget", str(budget))
+    budget = estimate_peak_bytes(
+        120,
+        40,
+        None,
+        method="sccr",
+        k=5,
+        k_gene=2,
+        n_jobs=1,
+        out_of_core=True,
+        output_in_memory=False,
+        input_on_disk=True,
+    )
+    code, _, err = run_cli(
+        capsys,
+        "impute",
+        workdir / "in.zarr",
+        workdir / "out.zarr",
+        "--k",
+        "5",
+        "--n-iter",
+        "5",
+        "--n-jobs",
+        "1",
+        "--memory-budget",
+        str(budget),
+    )
     assert code == 0 and "out of core, input streamed" in err, err
     assert run_cli(capsys, "impute", workdir / "in.h5ad", workdir / "b.h5ad", *FAST)[0] == 0
-    np.testing.assert_array_equal(ad.read_zarr(workdir / "out.zarr").layers["sccr"], ad.read_h5ad(workdir / "b.h5ad").layers["sccr"])
+    np.testing.assert_array_equal(
+        ad.read_zarr(workdir / "out.zarr").layers["sccr"], ad.read_h5ad(workdir / "b.h5ad").layers["sccr"]
+    )
     assert files_in(workdir) == {"in.h5ad", "in.zarr", "out.zarr", "b.h5ad"}
 
 
@@ -151,15 +191,37 @@ def test_memory_budget_too_small_is_refused(workdir, capsys):
 
 def test_options_are_forwarded(workdir, capsys):
     src, dst = workdir / "in.h5ad", workdir / "out.h5ad"
-    code, _, err = run_cli(capsys, "impute", src, dst, *FAST, "--layer", "log", "--key-added", "imp",
-                           "--method", "scfp", "--gamma", "0.5", "--beta", "0.9", "--no-sym-final")
+    code, _, err = run_cli(
+        capsys,
+        "impute",
+        src,
+        dst,
+        *FAST,
+        "--layer",
+        "log",
+        "--key-added",
+        "imp",
+        "--method",
+        "scfp",
+        "--gamma",
+        "0.5",
+        "--beta",
+        "0.9",
+        "--no-sym-final",
+    )
     assert code == 0, err
     got = ad.read_h5ad(dst)
     params = got.uns["imp"]["params"]
     assert (params["layer"], params["method"], params["gamma"], params["beta"], params["sym_final"]) == (
-        "log", "scfp", 0.5, 0.9, False)
+        "log",
+        "scfp",
+        0.5,
+        0.9,
+        False,
+    )
     expected = sccr.SCCR(method="scfp", gamma=0.5, beta=0.9, sym_final=False, **API_FAST).fit_transform(
-        ad.read_h5ad(src).layers["log"])
+        ad.read_h5ad(src).layers["log"]
+    )
     np.testing.assert_array_equal(got.layers["imp"], expected)
     assert "imp_gene_graph" not in got.varp and "sccr" not in got.layers
 
@@ -199,6 +261,7 @@ def test_raw_counts_without_preprocess_warn_on_one_line(tmp_path, capsys):
 
 
 # --- refusals ------------------------------------------------------------------------
+
 
 def test_existing_output_refused_unless_force(workdir, capsys):
     src, dst = workdir / "in.h5ad", workdir / "out.h5ad"
@@ -280,12 +343,15 @@ def test_unknown_layer(workdir, capsys):
     assert files_in(workdir) == {"in.h5ad"}
 
 
-@pytest.mark.parametrize("option,value,word", [
-    ("--k", "0", "k must be"),
-    ("--n-iter", "-1", "n_iter must be"),
-    ("--gamma", "2", "gamma must be"),
-    ("--n-jobs", "0", "n_jobs must be"),
-])
+@pytest.mark.parametrize(
+    "option,value,word",
+    [
+        ("--k", "0", "k must be"),
+        ("--n-iter", "-1", "n_iter must be"),
+        ("--gamma", "2", "gamma must be"),
+        ("--n-jobs", "0", "n_jobs must be"),
+    ],
+)
 def test_bad_option_value(workdir, capsys, option, value, word):
     args = [a for a in FAST]
     if option in args:
@@ -297,13 +363,16 @@ def test_bad_option_value(workdir, capsys, option, value, word):
     assert files_in(workdir) == {"in.h5ad"}
 
 
-@pytest.mark.parametrize("argv", [
-    ["impute", "a.h5ad", "b.h5ad", "--k", "abc"],
-    ["impute", "a.h5ad", "b.h5ad", "--method", "magic"],
-    ["impute", "a.h5ad"],
-    ["frobnicate"],
-    [],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["impute", "a.h5ad", "b.h5ad", "--k", "abc"],
+        ["impute", "a.h5ad", "b.h5ad", "--method", "magic"],
+        ["impute", "a.h5ad"],
+        ["frobnicate"],
+        [],
+    ],
+)
 def test_usage_errors(capsys, argv):
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -357,6 +426,7 @@ def test_output_permissions_follow_umask(workdir, capsys):
 
 
 # --- help, version, demo --------------------------------------------------------------
+
 
 @pytest.mark.parametrize("argv", [["--help"], ["impute", "--help"], ["demo", "--help"]])
 def test_help(capsys, argv):
@@ -421,6 +491,7 @@ def test_output_folder_with_force_is_a_usage_error(workdir, capsys):
 
 # --- rough edges met as a new user ----------------------------------------------------------
 
+
 def test_output_of_another_format_is_refused(workdir, capsys):
     code, _, err = run_cli(capsys, "impute", workdir / "in.h5ad", workdir / "out.csv", *FAST)
     assert code == 2
@@ -437,7 +508,9 @@ def test_paper_preprocessing_refuses_log_normalised_input(workdir, capsys):
 
 def test_options_are_checked_before_the_paper_preprocessing(workdir, capsys, monkeypatch):
     monkeypatch.setattr("sccr._anndata.preprocess_paper", lambda *a, **k: pytest.fail("preprocessed before checking"))
-    code, _, err = run_cli(capsys, "impute", workdir / "in.h5ad", workdir / "out.h5ad", "--preprocess", "paper", "--k", "0")
+    code, _, err = run_cli(
+        capsys, "impute", workdir / "in.h5ad", workdir / "out.h5ad", "--preprocess", "paper", "--k", "0"
+    )
     assert code == 2
     assert_one_line_error(err, "k must be an integer >= 1")
 
@@ -450,5 +523,7 @@ def test_help_names_both_formats(capsys):
 
 def test_impute_on_a_matrix_points_to_the_array_api(workdir):
     adata = ad.read_h5ad(workdir / "in.h5ad")
-    with pytest.raises(sccr.InputError, match=r"sccr.impute takes an AnnData, got csr_matrix; .*sccr.SCCR\(\).fit_transform\(X\)"):
+    with pytest.raises(
+        sccr.InputError, match=r"sccr.impute takes an AnnData, got csr_matrix; .*sccr.SCCR\(\).fit_transform\(X\)"
+    ):
         sccr.impute(adata.X)

@@ -38,9 +38,7 @@ def _small_blocks(monkeypatch):
 
 @pytest.fixture(scope="module")
 def cluster():
-    with distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
-    ) as cluster:
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0") as cluster:
         yield cluster
 
 
@@ -160,7 +158,21 @@ def test_bad_backend_and_stray_client(data, client):
 
 
 def run_cli(tmp_path, output: str, *extra: str) -> ad.AnnData:
-    code = main(["impute", str(tmp_path / "in.h5ad"), str(tmp_path / output), "--k", "5", "--n-iter", "8", "--n-jobs", "1", "--quiet", *extra])
+    code = main(
+        [
+            "impute",
+            str(tmp_path / "in.h5ad"),
+            str(tmp_path / output),
+            "--k",
+            "5",
+            "--n-iter",
+            "8",
+            "--n-jobs",
+            "1",
+            "--quiet",
+            *extra,
+        ]
+    )
     assert code == 0
     return ad.read_h5ad(tmp_path / output)
 

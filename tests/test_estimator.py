@@ -15,9 +15,24 @@ from helpers import run_options
 from sccr._options import DEFAULTS as OPTION_DEFAULTS
 
 FAST = dict(k=5, n_iter=10, n_jobs=1)
-DEFAULTS = dict(method="sccr", k=15, k_gene=2, n_iter=40, alpha=0.05, beta=0.99, gamma=0.01,
-                sym_final=True, knn="auto", random_state=0, n_jobs=None, progress=None,
-                backend="local", client=None, memory_budget=None, scratch_dir=None)
+DEFAULTS = dict(
+    method="sccr",
+    k=15,
+    k_gene=2,
+    n_iter=40,
+    alpha=0.05,
+    beta=0.99,
+    gamma=0.01,
+    sym_final=True,
+    knn="auto",
+    random_state=0,
+    n_jobs=None,
+    progress=None,
+    backend="local",
+    client=None,
+    memory_budget=None,
+    scratch_dir=None,
+)
 
 
 def test_defaults_match_algorithm():
@@ -66,14 +81,18 @@ def test_gene_graph_per_method(X):
     assert g.shape == (30, 30) and (g.data >= 0).all()
 
 
-@pytest.mark.parametrize("convert", [
-    lambda X: X.astype(np.float64),
-    lambda X: X.tolist(),
-    lambda X: sp.csc_matrix(X),
-    lambda X: sp.coo_matrix(X),
-    lambda X: sp.csr_array(X),
-    lambda X: np.asfortranarray(X),
-], ids=["float64", "list", "csc", "coo", "csr_array", "fortran"])
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda X: X.astype(np.float64),
+        lambda X: X.tolist(),
+        lambda X: sp.csc_matrix(X),
+        lambda X: sp.coo_matrix(X),
+        lambda X: sp.csr_array(X),
+        lambda X: np.asfortranarray(X),
+    ],
+    ids=["float64", "list", "csc", "coo", "csr_array", "fortran"],
+)
 def test_accepts_array_likes(X, convert):
     expected = sccr.SCCR(**FAST).fit_transform(X)
     np.testing.assert_allclose(sccr.SCCR(**FAST).fit_transform(convert(X)), expected, rtol=1e-6, atol=1e-6)
@@ -92,8 +111,9 @@ def test_random_state_does_not_change_exact_result(X):
 
 
 def test_knn_exact_equals_auto(X):
-    np.testing.assert_array_equal(sccr.SCCR(knn="exact", **FAST).fit_transform(X),
-                                  sccr.SCCR(knn="auto", **FAST).fit_transform(X))
+    np.testing.assert_array_equal(
+        sccr.SCCR(knn="exact", **FAST).fit_transform(X), sccr.SCCR(knn="auto", **FAST).fit_transform(X)
+    )
 
 
 @pytest.mark.parametrize("n_jobs", [None, -1, 2])
@@ -120,8 +140,16 @@ def test_progress_bar_does_not_change_result(X, capsys):
 def test_every_stage_has_a_bar_that_stays(X, capsys):
     sccr.SCCR(progress=True, **FAST).fit(X)
     err = capsys.readouterr().err
-    stages = ["cell graph 1", "pre-imputation", "gene graph", "gene-wise propagation", "cell graph 2",
-              "refined propagation", "cell graph 3", "denoising"]
+    stages = [
+        "cell graph 1",
+        "pre-imputation",
+        "gene graph",
+        "gene-wise propagation",
+        "cell graph 2",
+        "refined propagation",
+        "cell graph 3",
+        "denoising",
+    ]
     finished = [line for line in err.replace("\r", "\n").splitlines() if "100%" in line]
     assert [next(s for s in stages if line.startswith(s)) for line in finished] == stages
     sccr.SCCR(progress=False, **FAST).fit(X)

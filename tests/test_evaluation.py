@@ -9,8 +9,8 @@ import scipy.sparse as sp
 from helpers import BLADDER
 from sccr._evaluation import clustering_accuracy, clustering_scores, drop_entries, drop_entries_mnar, imputation_errors
 
-
 # --- clustering accuracy -----------------------------------------------------------------
+
 
 def test_accuracy_perfect_and_permuted():
     labels = np.array(["a", "a", "b", "b", "c", "c"])
@@ -57,6 +57,7 @@ def test_clustering_scores_random_labels_low():
 
 # --- imputation errors --------------------------------------------------------------------
 
+
 def test_imputation_errors_hand_case():
     imputed = np.array([1.0, 2.0, 3.0, 4.0])
     truth = np.array([1.0, 2.0, 3.0, 8.0])  # one error of 4
@@ -80,6 +81,7 @@ def test_imputation_errors_median_and_cosine():
 
 # --- dropout masks ------------------------------------------------------------------------
 
+
 def reference_recipe(X: np.ndarray, rate: float, seed: int):
     """The reference code's draw, verbatim (global numpy RNG)."""
     state = np.random.get_state()
@@ -97,7 +99,7 @@ def test_drop_count_and_only_nonzeros(X, rate):
     dropped, rows, cols = drop_entries(X, rate, 0)
     nnz = np.count_nonzero(X)
     assert len(rows) == len(cols) == int(np.floor(rate * nnz))
-    assert len(set(zip(rows.tolist(), cols.tolist()))) == len(rows)  # no duplicates
+    assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) == len(rows)  # no duplicates
     assert (X[rows, cols] != 0).all()
     assert (dropped[rows, cols] == 0).all()
     keep = np.ones_like(X, dtype=bool)
@@ -180,12 +182,13 @@ def test_drop_matches_reference_entries_on_real_data(bladder, reference_dir):
 
 # --- missing-not-at-random masks -----------------------------------------------------------
 
+
 @pytest.mark.parametrize("rate", [0.2, 0.4, 0.8])
 def test_mnar_count_and_only_nonzeros(X, rate):
     dropped, rows, cols = drop_entries_mnar(X, rate, 0)
     nnz = np.count_nonzero(X)
     assert len(rows) == int(np.floor(rate * nnz))
-    assert len(set(zip(rows.tolist(), cols.tolist()))) == len(rows)
+    assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) == len(rows)
     assert (X[rows, cols] != 0).all() and (dropped[rows, cols] == 0).all()
     assert np.count_nonzero(dropped) == nnz - len(rows)
     assert dropped.dtype == np.float32

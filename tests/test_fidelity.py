@@ -84,8 +84,12 @@ def test_dropout_run_errors(dropout_run, reference_dir):
     imputed, rows, cols, truth = dropout_run
     _, info = load_reference(reference_dir, 0.2)
     errors = imputation_errors(imputed[rows, cols], truth)
-    expected = {"rmse": info["rmse_true"], "mae": info["rmse_official"],
-                "median_l1": info["median_l1"], "cosine": info["cosine"]}
+    expected = {
+        "rmse": info["rmse_true"],
+        "mae": info["rmse_official"],
+        "median_l1": info["median_l1"],
+        "cosine": info["cosine"],
+    }
     for name, value in expected.items():
         assert abs(errors[name] - value) < THREE_DECIMALS, (name, errors[name], value)
 

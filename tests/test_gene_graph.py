@@ -13,7 +13,14 @@ import scipy.sparse as sp
 
 import naive
 from helpers import in_threads, make_expression
-from sccr._engine.graph import _cosine_blocks, _exact_cosine, _row_normalised, top_neighbours, knn_graph, signed_gene_graph
+from sccr._engine.graph import (
+    _cosine_blocks,
+    _exact_cosine,
+    _row_normalised,
+    knn_graph,
+    signed_gene_graph,
+    top_neighbours,
+)
 from sccr._engine.pipeline import propagate_over_genes, standardisation
 from sccr._engine.propagation import propagate
 

@@ -22,7 +22,7 @@ def test_one_panel_per_gene_with_coloured_edges(imputed, tmp_path):
     genes = list(imputed.var_names[:3])
     axes = sccr.pl.gene_graph(imputed, genes, save=tmp_path / "g.png")
     assert len(axes) == 3 and (tmp_path / "g.png").stat().st_size > 0
-    for axis, gene in zip(axes, genes):
+    for axis, gene in zip(axes, genes, strict=True):
         table = sccr.get.gene_partners(imputed, gene)
         colours = [line.get_color() for line in axis.lines]
         assert colours == [COLOURS[s] for s in table["sign"]]

@@ -24,17 +24,27 @@ def test_table_matches_the_graph_and_the_correlations(imputed, X):
     D0 = propagate(knn_graph(X, 5, sym=True), X, 10, hard=True)  # the pre-imputation the gene graph is built on
     for g, gene in enumerate(imputed.var_names[:10]):
         table = sccr.get.gene_partners(imputed, gene, n=50)
-        assert list(table.columns) == ["gene", "partner", "sign", "weight", "correlation", "partner_cells", "gene_cells"]
+        assert list(table.columns) == [
+            "gene",
+            "partner",
+            "sign",
+            "weight",
+            "correlation",
+            "partner_cells",
+            "gene_cells",
+        ]
         row = graph[g]
-        expected = {imputed.var_names[h]: w for h, w in zip(row.indices, row.data) if h != g}
-        assert dict(zip(table["partner"], table["weight"])) == pytest.approx(expected)
+        expected = {imputed.var_names[h]: w for h, w in zip(row.indices, row.data, strict=True) if h != g}
+        assert dict(zip(table["partner"], table["weight"], strict=True)) == pytest.approx(expected)
         assert (np.diff(np.abs(table["weight"].to_numpy())) <= 0).all()  # strongest first
-        for partner, sign, correlation in zip(table["partner"], table["sign"], table["correlation"]):
+        for partner, sign, correlation in zip(table["partner"], table["sign"], table["correlation"], strict=True):
             h = imputed.var_names.get_loc(partner)
             assert correlation == pytest.approx(np.corrcoef(D0[:, g], D0[:, h])[0, 1], abs=1e-4)
             assert (sign == "associating") == (correlation > 0)
         assert (table["gene_cells"] == int((X[:, g] != 0).sum())).all()
-        assert table["partner_cells"].tolist() == [int((X[:, imputed.var_names.get_loc(p)] != 0).sum()) for p in table["partner"]]
+        assert table["partner_cells"].tolist() == [
+            int((X[:, imputed.var_names.get_loc(p)] != 0).sum()) for p in table["partner"]
+        ]
 
 
 def test_sign_filter_and_n(imputed):

@@ -66,8 +66,13 @@ def test_a_riding_gene_is_its_stages_alone(wide):
         expected = (1 - p.gamma) * naive.soft(A3, x, p.n_iter, p.beta) + p.gamma * b
         np.testing.assert_allclose(result.imputed[:, [j]], expected, rtol=1e-5, atol=1e-6)
         alone = np.empty_like(x)
-        ride_along(DenseMatrix(x), GeneSelection(np.array([], dtype=np.int64), np.ones(1, bool)), DenseMatrix(np.empty((90, 0), np.float32)),
-                   sccr_stages(A1, A2, A3, p), DenseMatrix(alone))
+        ride_along(
+            DenseMatrix(x),
+            GeneSelection(np.array([], dtype=np.int64), np.ones(1, bool)),
+            DenseMatrix(np.empty((90, 0), np.float32)),
+            sccr_stages(A1, A2, A3, p),
+            DenseMatrix(alone),
+        )
         np.testing.assert_array_equal(result.imputed[:, [j]], alone)  # bitwise: the same kernel on one column
     # A riding copy of a graph gene gets bitwise the graph gene's output: the very same stages.
     np.testing.assert_array_equal(result.imputed[:, 40], result.imputed[:, 7])
@@ -128,7 +133,9 @@ def test_scfp_rides_along_and_scbfp_refuses_an_explicit_mask(wide):
     sub = wide[:, graph].copy()
     del sub.var["highly_variable"]
     out = sccr.impute(wide, method="scfp", copy=True, **FAST)
-    np.testing.assert_array_equal(out.layers["sccr"][:, graph], sccr.impute(sub, method="scfp", copy=True, **FAST).layers["sccr"])
+    np.testing.assert_array_equal(
+        out.layers["sccr"][:, graph], sccr.impute(sub, method="scfp", copy=True, **FAST).layers["sccr"]
+    )
     np.testing.assert_array_equal(out.layers["sccr"][:, 40], out.layers["sccr"][:, 7])
     plain = sccr.impute(wide, method="scbfp", copy=True, **FAST)  # the implicit mask is not used by scBFP
     assert "sccr_imputed" not in plain.var
@@ -151,8 +158,25 @@ def test_impute_file_and_cli_write_every_gene(tmp_path, wide):
     genes_file.write_text("g50\n# a comment\ng60\n")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # main() installs its own warning printer
-        assert main(["impute", str(src), str(tmp_path / "cli.zarr"), "--genes", str(genes_file),
-                     "--k", "5", "--n-iter", "10", "--n-jobs", "1", "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "impute",
+                    str(src),
+                    str(tmp_path / "cli.zarr"),
+                    "--genes",
+                    str(genes_file),
+                    "--k",
+                    "5",
+                    "--n-iter",
+                    "10",
+                    "--n-jobs",
+                    "1",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     got = ad.read_zarr(tmp_path / "cli.zarr")
     assert got.var["sccr_imputed"].sum() == 32
     np.testing.assert_array_equal(got.layers["sccr"][:, 50], expected[:, 50])
@@ -162,8 +186,19 @@ def test_out_of_core_riding_genes_are_bitwise_the_same(tmp_path, wide):
     in_memory = sccr.impute(wide, copy=True, **FAST).layers["sccr"]
     src = tmp_path / "in.h5ad"
     wide.write_h5ad(src)
-    budget = estimate_selection_peak_bytes(90, 70, 30, None, method="sccr", k=5, k_gene=2, n_jobs=1, out_of_core=True,
-                                           output_in_memory=False, input_on_disk=True)
+    budget = estimate_selection_peak_bytes(
+        90,
+        70,
+        30,
+        None,
+        method="sccr",
+        k=5,
+        k_gene=2,
+        n_jobs=1,
+        out_of_core=True,
+        output_in_memory=False,
+        input_on_disk=True,
+    )
     model = sccr.impute_file(src, tmp_path / "out.zarr", memory_budget=budget, **FAST, scratch_dir=str(tmp_path))
     assert model.out_of_core_ and model.input_on_disk_
     np.testing.assert_array_equal(ad.read_zarr(tmp_path / "out.zarr").layers["sccr"], in_memory)
@@ -172,14 +207,18 @@ def test_out_of_core_riding_genes_are_bitwise_the_same(tmp_path, wide):
 def test_memory_plan_is_linear_in_the_riding_genes_and_refuses_the_dense_layer():
     common = dict(method="sccr", k=15, k_gene=2, n_jobs=2, exact=False)
     hvg = estimate_selection_peak_bytes(100_000, 2_000, 2_000, None, output_in_memory=False, **common)
-    wide_ = [estimate_selection_peak_bytes(100_000, g, 2_000, None, output_in_memory=False, **common) for g in (4_000, 14_000, 30_000)]
+    wide_ = [
+        estimate_selection_peak_bytes(100_000, g, 2_000, None, output_in_memory=False, **common)
+        for g in (4_000, 14_000, 30_000)
+    ]
     assert wide_[0] == wide_[1] == wide_[2] <= 8 << 30  # out of memory, the riding genes cost blocks only
     assert hvg <= estimate_peak_bytes(100_000, 2_000, None, **common) + (1 << 30)
     in_memory = [estimate_selection_peak_bytes(100_000, g, 2_000, None, **common) for g in (4_000, 14_000)]
     assert in_memory[1] - in_memory[0] == 4 * 100_000 * 10_000  # the dense layer itself
     X = make_expression(90, 70, seed=3)
-    without_layer = estimate_selection_peak_bytes(90, 70, 30, None, method="sccr", k=5, k_gene=2, n_jobs=1,
-                                                  out_of_core=True, output_in_memory=False)
+    without_layer = estimate_selection_peak_bytes(
+        90, 70, 30, None, method="sccr", k=5, k_gene=2, n_jobs=1, out_of_core=True, output_in_memory=False
+    )
     big = dict(FAST, memory_budget=without_layer + 100)  # everything fits but the dense layer (25 KiB)
     with pytest.raises(sccr.InputError, match=r"the imputed layer of 90 cells x 70 genes takes .* impute fewer genes"):
         with prepare(X, Options(**big), genes=GeneSelection(np.arange(30), np.ones(70, bool))):

@@ -231,7 +231,6 @@ def test_unknown_norm_rejected():
 # --- property-based: random shapes and k against the dense oracle ---------------------
 
 
-
 @settings(max_examples=40, deadline=None, derandomize=True, database=None)
 @given(
     seed=st.integers(0, 2**31 - 1),

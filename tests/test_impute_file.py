@@ -27,8 +27,9 @@ def test_equals_impute_and_leaves_the_input_alone(adata, tmp_path, memory_budget
         from sccr._engine.memory import estimate_peak_bytes
 
         n, g = adata.shape
-        options["memory_budget"] = estimate_peak_bytes(n, g, None, method="sccr", k=5, k_gene=2, n_jobs=1,
-                                                       out_of_core=True, output_in_memory=False)
+        options["memory_budget"] = estimate_peak_bytes(
+            n, g, None, method="sccr", k=5, k_gene=2, n_jobs=1, out_of_core=True, output_in_memory=False
+        )
     model = sccr.impute_file(source, target, **options)
     assert digest(source) == before
     assert model.out_of_core_ is (memory_budget is not None)
@@ -65,6 +66,7 @@ def test_backed_anndata_message_points_here(adata, tmp_path):
 
 # --- the input read lazily: streamed into a scratch file when only that fits -------------------
 
+
 def tree_digest(path) -> str:
     """One digest of a file, or of every file of a folder (a zarr store) with its relative name."""
     if path.is_file():
@@ -89,8 +91,18 @@ def streaming_budget(shape, *, method="sccr", knn="exact", k=5):
     """A memory budget that only a run with its input streamed to a scratch file fits."""
     from sccr._engine.memory import estimate_peak_bytes
 
-    return estimate_peak_bytes(*shape, None, method=method, k=k, k_gene=2, n_jobs=1, out_of_core=True,
-                               output_in_memory=False, exact=knn == "exact", input_on_disk=True)
+    return estimate_peak_bytes(
+        *shape,
+        None,
+        method=method,
+        k=k,
+        k_gene=2,
+        n_jobs=1,
+        out_of_core=True,
+        output_in_memory=False,
+        exact=knn == "exact",
+        input_on_disk=True,
+    )
 
 
 def stored_as(adata, layout):
@@ -110,8 +122,13 @@ def test_streamed_input_gives_the_in_memory_result(adata, tmp_path, monkeypatch,
     monkeypatch.setattr("sccr._io.READ_BLOCK_BYTES", 7 * 4 * adata.n_vars)  # blocks of 7 rows (or 64 columns)
     source = write(stored_as(adata, layout), tmp_path / "in.h5ad")
     options = dict(FAST, method=method, knn=knn)
-    model = sccr.impute_file(source, tmp_path / "out.h5ad", scratch_dir=str(tmp_path),
-                             memory_budget=streaming_budget(adata.shape, method=method, knn=knn), **options)
+    model = sccr.impute_file(
+        source,
+        tmp_path / "out.h5ad",
+        scratch_dir=str(tmp_path),
+        memory_budget=streaming_budget(adata.shape, method=method, knn=knn),
+        **options,
+    )
     assert model.out_of_core_ and model.input_on_disk_
     expected = sccr.SCCR(**options).fit(np.asarray(adata.layers["log"]))
     written = ad.read_h5ad(tmp_path / "out.h5ad")
@@ -138,8 +155,13 @@ def streamed_failure(adata, tmp_path, monkeypatch, change):
     source = write(bad, tmp_path / "in.h5ad")
     outcomes = []
     for run in (
-        lambda: sccr.impute_file(source, tmp_path / "out.h5ad", scratch_dir=str(tmp_path),
-                                 memory_budget=streaming_budget(adata.shape), **FAST),
+        lambda: sccr.impute_file(
+            source,
+            tmp_path / "out.h5ad",
+            scratch_dir=str(tmp_path),
+            memory_budget=streaming_budget(adata.shape),
+            **FAST,
+        ),
         lambda: sccr.SCCR(**FAST).fit(bad.X),
     ):
         with warnings.catch_warnings(record=True) as caught:
@@ -170,21 +192,27 @@ def zero_cell_and_gene(M):
     return M
 
 
-@pytest.mark.parametrize("change,phrase", [
-    (nan_in_three_blocks, "contains 3 NaN or infinite values"),
-    (negative_late, "negative values (min -0.5)"),
-    (lambda M: np.zeros_like(M), "no non-zero value, so there is nothing to propagate"),
-])
+@pytest.mark.parametrize(
+    "change,phrase",
+    [
+        (nan_in_three_blocks, "contains 3 NaN or infinite values"),
+        (negative_late, "negative values (min -0.5)"),
+        (lambda M: np.zeros_like(M), "no non-zero value, so there is nothing to propagate"),
+    ],
+)
 def test_streamed_input_is_refused_with_the_in_memory_message(adata, tmp_path, monkeypatch, change, phrase):
     (streamed, _), (in_memory, _) = streamed_failure(adata, tmp_path, monkeypatch, change)
     assert phrase in streamed and streamed == in_memory
     assert not (tmp_path / "out.h5ad").exists()
 
 
-@pytest.mark.parametrize("change,phrase", [
-    (lambda M: np.round(M * 10), "looks like raw counts"),
-    (zero_cell_and_gene, "1 of 60 cells and 1 of 30 genes"),
-])
+@pytest.mark.parametrize(
+    "change,phrase",
+    [
+        (lambda M: np.round(M * 10), "looks like raw counts"),
+        (zero_cell_and_gene, "1 of 60 cells and 1 of 30 genes"),
+    ],
+)
 def test_streamed_input_warns_as_in_memory(adata, tmp_path, monkeypatch, change, phrase):
     (error, streamed), (_, in_memory) = streamed_failure(adata, tmp_path, monkeypatch, change)
     assert error is None and any(phrase in w for w in streamed) and streamed == in_memory
@@ -192,9 +220,15 @@ def test_streamed_input_warns_as_in_memory(adata, tmp_path, monkeypatch, change,
 
 # --- zarr stores ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("source_name,target_name", [
-    ("in.zarr", "out.zarr"), ("in.h5ad", "out.zarr"), ("in.zarr", "out.h5ad"),
-])
+
+@pytest.mark.parametrize(
+    "source_name,target_name",
+    [
+        ("in.zarr", "out.zarr"),
+        ("in.h5ad", "out.zarr"),
+        ("in.zarr", "out.h5ad"),
+    ],
+)
 @pytest.mark.parametrize("stream", [False, True])
 def test_zarr_input_and_output(adata, tmp_path, source_name, target_name, stream):
     adata.obsm["X_pca"] = np.arange(adata.n_obs * 2, dtype=np.float64).reshape(-1, 2)
@@ -241,10 +275,13 @@ def test_zarr_output_is_replaced_only_when_forced_and_only_when_complete(adata, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr", "out.zarr"]
 
 
-@pytest.mark.parametrize("make,phrase", [
-    (lambda p: p.mkdir(), "is a folder but not a zarr store"),
-    (lambda p: p.write_text("x"), "is not an HDF5/.h5ad file (nor a .zarr store)"),
-])
+@pytest.mark.parametrize(
+    "make,phrase",
+    [
+        (lambda p: p.mkdir(), "is a folder but not a zarr store"),
+        (lambda p: p.write_text("x"), "is not an HDF5/.h5ad file (nor a .zarr store)"),
+    ],
+)
 def test_bad_zarr_inputs(tmp_path, make, phrase):
     source = tmp_path / "in.zarr"
     make(source)

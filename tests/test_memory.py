@@ -13,10 +13,9 @@ import sccr
 from helpers import make_expression
 from sccr._engine import memory as _memory
 from sccr._engine.ann import SLICE_BYTES, search_bytes
-from sccr._engine.memory import SKIP_ENV, available_bytes, estimate_peak_bytes, plan
-from sccr._options import parse_memory_size
 from sccr._engine.checks import check_expression
-from sccr._options import Options
+from sccr._engine.memory import SKIP_ENV, available_bytes, estimate_peak_bytes, plan
+from sccr._options import Options, parse_memory_size
 from sccr.cli import main
 
 API = dict(k=5, n_iter=2, n_jobs=1)
@@ -38,8 +37,19 @@ def no_work(monkeypatch):
 
 
 def params(**kw):
-    options = dict(method="sccr", k=15, k_gene=2, n_iter=40, alpha=0.05, beta=0.99, gamma=0.01,
-                   sym_final=True, knn="auto", n_jobs=2, progress=False)
+    options = dict(
+        method="sccr",
+        k=15,
+        k_gene=2,
+        n_iter=40,
+        alpha=0.05,
+        beta=0.99,
+        gamma=0.01,
+        sym_final=True,
+        knn="auto",
+        n_jobs=2,
+        progress=False,
+    )
     return Options(**{**options, **kw})
 
 
@@ -86,8 +96,10 @@ def test_refusal_names_the_budget(monkeypatch):
 def _needs(X, method="sccr", n_jobs=2):
     """Estimated peak in memory and out of core."""
     nnz = X.nnz if sp.issparse(X) else None
-    return [estimate_peak_bytes(*X.shape, nnz, method=method, k=5, k_gene=2, n_jobs=n_jobs, out_of_core=ooc)
-            for ooc in (False, True)]
+    return [
+        estimate_peak_bytes(*X.shape, nnz, method=method, k=5, k_gene=2, n_jobs=n_jobs, out_of_core=ooc)
+        for ooc in (False, True)
+    ]
 
 
 def test_out_of_core_needs_less():
@@ -96,7 +108,9 @@ def test_out_of_core_needs_less():
     n, g = 1_000_000, 2000
     kw = dict(method="sccr", k=15, k_gene=2, n_jobs=2)
     for exact, slice_bytes in ((True, 0), (False, SLICE_BYTES)):
-        in_memory, out_of_core = (estimate_peak_bytes(n, g, None, out_of_core=ooc, exact=exact, **kw) for ooc in (False, True))
+        in_memory, out_of_core = (
+            estimate_peak_bytes(n, g, None, out_of_core=ooc, exact=exact, **kw) for ooc in (False, True)
+        )
         assert out_of_core <= in_memory - 4 * n * g + slice_bytes
     streamed = estimate_peak_bytes(n, g, None, out_of_core=True, output_in_memory=False, exact=False, **kw)
     assert streamed < out_of_core  # the output written to a file: no dense copy at all, only the search's own memory
@@ -106,7 +120,9 @@ def test_out_of_core_needs_less():
 def test_in_memory_approximate_run_holds_two_matrices_beside_its_search():
     """scCR's second cell graph runs while D0 and C are both held (step 4 needs D0 again)."""
     n, g = 1_000_000, 2000
-    estimate = estimate_peak_bytes(n, g, None, method="sccr", k=15, k_gene=2, n_jobs=2, output_in_memory=False, exact=False)
+    estimate = estimate_peak_bytes(
+        n, g, None, method="sccr", k=15, k_gene=2, n_jobs=2, output_in_memory=False, exact=False
+    )
     assert estimate >= 2 * 4 * n * g + search_bytes(n, g, streamed=False)
 
 
@@ -132,8 +148,16 @@ def test_an_input_in_a_file_goes_to_disk_last(monkeypatch, nnz, knn):
 
     def need(out_of_core, input_on_disk):
         return (0 if input_on_disk else held) + estimate_peak_bytes(
-            *shape, nnz, method="sccr", k=5, k_gene=2, n_jobs=2, out_of_core=out_of_core,
-            exact=knn == "exact", input_on_disk=input_on_disk)
+            *shape,
+            nnz,
+            method="sccr",
+            k=5,
+            k_gene=2,
+            n_jobs=2,
+            out_of_core=out_of_core,
+            exact=knn == "exact",
+            input_on_disk=input_on_disk,
+        )
 
     steps = [(False, False), (True, False), (True, True)]
     assert need(*steps[0]) > need(*steps[1]) > need(*steps[2])
@@ -148,7 +172,10 @@ def test_an_input_in_a_file_goes_to_disk_last(monkeypatch, nnz, knn):
 def test_input_on_disk_drops_the_sparse_copies():
     sparse = dict(method="sccr", k=15, k_gene=2, n_jobs=2, out_of_core=True, exact=False)
     n, g, nnz = 1_000_000, 2000, 175_000_000
-    assert estimate_peak_bytes(n, g, nnz, **sparse) - estimate_peak_bytes(n, g, nnz, input_on_disk=True, **sparse) >= 20 * nnz - SLICE_BYTES
+    assert (
+        estimate_peak_bytes(n, g, nnz, **sparse) - estimate_peak_bytes(n, g, nnz, input_on_disk=True, **sparse)
+        >= 20 * nnz - SLICE_BYTES
+    )
 
 
 # With exact searches only scCR gains: scFP's and scBFP's peak is an exact search, which loads
@@ -168,10 +195,19 @@ def test_budget_runs_out_of_core_with_the_same_output(monkeypatch, tmp_path, met
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("8G", 8 << 30), ("512M", 512 << 20), ("16GiB", 16 << 30), ("1.5 GB", 3 << 29), ("100", 100),
-    ("2k", 2048), (4096, 4096), (None, None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("8G", 8 << 30),
+        ("512M", 512 << 20),
+        ("16GiB", 16 << 30),
+        ("1.5 GB", 3 << 29),
+        ("100", 100),
+        ("2k", 2048),
+        (4096, 4096),
+        (None, None),
+    ],
+)
 def test_parse_memory_size(text, expected):
     assert parse_memory_size(text) == expected
 
@@ -219,11 +255,14 @@ def test_available_bytes_reads_this_machine():
     assert available is None or available > 0
 
 
-@pytest.mark.parametrize("limit,usage,expected", [
-    ("1073741824\n", "73741824\n", 1_000_000_000),
-    ("max\n", "5\n", None),
-    ("9223372036854771712\n", "5\n", None),  # cgroup v1 without a limit
-])
+@pytest.mark.parametrize(
+    "limit,usage,expected",
+    [
+        ("1073741824\n", "73741824\n", 1_000_000_000),
+        ("max\n", "5\n", None),
+        ("9223372036854771712\n", "5\n", None),  # cgroup v1 without a limit
+    ],
+)
 def test_cgroup_limit(tmp_path, monkeypatch, limit, usage, expected):
     (tmp_path / "memory.max").write_text(limit)
     (tmp_path / "memory.current").write_text(usage)

@@ -62,7 +62,9 @@ def test_defaults_are_the_declared_ones_unresolved():
     assert Options().n_jobs >= 1 and Options().progress in (True, False)
 
 
-@pytest.mark.parametrize("n_bytes,text", [(0, "0 B"), (1023, "1023 B"), (10 << 20, "10.0 MiB"), (3 << 30, "3.0 GiB"), (5 << 40, "5.0 TiB")])
+@pytest.mark.parametrize(
+    "n_bytes,text", [(0, "0 B"), (1023, "1023 B"), (10 << 20, "10.0 MiB"), (3 << 30, "3.0 GiB"), (5 << 40, "5.0 TiB")]
+)
 def test_sizes_are_shown_in_a_unit_that_fits(n_bytes, text):
     assert format_size(n_bytes) == text
 

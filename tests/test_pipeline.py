@@ -11,8 +11,8 @@ import sccr
 from helpers import make_expression, run_options
 from sccr._engine.graph import knn_graph, signed_gene_graph
 from sccr._engine.pipeline import propagate_over_genes, standardisation
-from sccr._options import Options
 from sccr._engine.propagation import propagate
+from sccr._options import Options
 
 FAST = dict(k=5, n_iter=10, n_jobs=1)
 
@@ -117,7 +117,7 @@ def test_sparse_with_unsorted_indices_and_explicit_zeros_not_mutated(X):
     assert not Xs.has_sorted_indices
     snapshot = (Xs.data.copy(), Xs.indices.copy(), Xs.indptr.copy())
     out = impute(Xs)
-    for a, b in zip((Xs.data, Xs.indices, Xs.indptr), snapshot):
+    for a, b in zip((Xs.data, Xs.indices, Xs.indptr), snapshot, strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(out, impute(Xs.toarray()), rtol=1e-6, atol=1e-6)
 
@@ -168,8 +168,17 @@ def test_run_result(X):
     np.testing.assert_allclose(np.asarray(result.cell_graph.sum(axis=1)).ravel(), 1.0, rtol=1e-6)
     assert result.gene_graph.shape == (30, 30)
     # The blends of steps 4 and 6 are fused into hard_fp_2 and soft_fp.
-    expected_stages = {"knn_cells_1", "hard_fp_1", "gene_graph", "gene_fp", "knn_cells_2",
-                       "hard_fp_2", "knn_cells_3", "soft_fp", "total"}
+    expected_stages = {
+        "knn_cells_1",
+        "hard_fp_1",
+        "gene_graph",
+        "gene_fp",
+        "knn_cells_2",
+        "hard_fp_2",
+        "knn_cells_3",
+        "soft_fp",
+        "total",
+    }
     assert set(result.timings) == expected_stages
     assert all(t >= 0 for t in result.timings.values())
     assert run_options(X, k=5, n_iter=10, method="scfp").gene_graph is None

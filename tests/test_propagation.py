@@ -92,7 +92,8 @@ def test_sparse_explicit_zeros_are_not_observed(A, X):
     extra_cols = np.array([np.flatnonzero(X[0] == 0)[0], np.flatnonzero(X[1] == 0)[0]])
     Xs = sp.csr_matrix(
         (np.r_[coo.data, 0.0, 0.0], (np.r_[coo.row, extra_rows], np.r_[coo.col, extra_cols])),
-        shape=X.shape, dtype=np.float32,
+        shape=X.shape,
+        dtype=np.float32,
     )
     assert Xs.nnz == coo.nnz + 2
     np.testing.assert_array_equal(propagate(A, Xs, 8, hard=True), propagate(A, X, 8, hard=True))
@@ -188,8 +189,12 @@ def test_reorder_graph_relabels_nodes_and_keeps_each_rows_stored_order():
     np.testing.assert_array_equal(B.toarray(), A.toarray()[np.ix_(order, order)])
     inverse = np.argsort(order)
     for new, old in enumerate(order):
-        np.testing.assert_array_equal(B.data[B.indptr[new] : B.indptr[new + 1]], A.data[A.indptr[old] : A.indptr[old + 1]])
-        np.testing.assert_array_equal(B.indices[B.indptr[new] : B.indptr[new + 1]], inverse[A.indices[A.indptr[old] : A.indptr[old + 1]]])
+        np.testing.assert_array_equal(
+            B.data[B.indptr[new] : B.indptr[new + 1]], A.data[A.indptr[old] : A.indptr[old + 1]]
+        )
+        np.testing.assert_array_equal(
+            B.indices[B.indptr[new] : B.indptr[new + 1]], inverse[A.indices[A.indptr[old] : A.indptr[old + 1]]]
+        )
 
 
 @pytest.mark.parametrize("hard", [True, False])
@@ -202,7 +207,6 @@ def test_renumbered_propagation_is_bitwise_the_kernel_in_the_original_numbering(
 
 
 # --- property-based: random graphs, shapes, chunkings ---------------------------------
-
 
 
 def random_graph(rng, n: int, density: float) -> sp.csr_matrix:

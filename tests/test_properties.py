@@ -95,4 +95,3 @@ def test_permuting_cells_permutes_output(data, X, seed):
     order = np.random.default_rng(seed).permutation(X.shape[0])
     # Summation order changes with the cell order, hence a float32 rounding tolerance.
     np.testing.assert_allclose(impute(X[order], **options), impute(X, **options)[order], rtol=1e-4, atol=1e-5)
-

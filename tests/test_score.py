@@ -22,7 +22,9 @@ from sccr.tl._score import (
 )
 
 
-def planted_counts(n_per: int = 40, n_genes: int = 40, *, n_groups: int = 3, seed: int = 0, scale: float = 3.0, depth: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def planted_counts(
+    n_per: int = 40, n_genes: int = 40, *, n_groups: int = 3, seed: int = 0, scale: float = 3.0, depth: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Poisson counts around group-specific gene means: cells x genes, and the group of each cell."""
     rng = np.random.default_rng(seed)
     means = rng.gamma(0.6, 2.0, size=(n_groups, n_genes))

@@ -65,8 +65,15 @@ def test_rounding_level_perturbations_do_not_move_separated_data():
 def test_planted_near_tie_is_detected(method):
     X, tied = near_tie()
     a = ad.AnnData(X=X)
-    result = sccr.tl.stability(a, n_runs=4, method=method, params={"k": 1, "k_gene": 1},
-                               perturbations=("jitter", "permute"), n_clusters=2, n_jobs=1)
+    result = sccr.tl.stability(
+        a,
+        n_runs=4,
+        method=method,
+        params={"k": 1, "k_gene": 1},
+        perturbations=("jitter", "permute"),
+        n_clusters=2,
+        n_jobs=1,
+    )
     assert a.obs["sccr_stability_neighbours_changed"].iloc[tied] >= 1
     assert a.obs["sccr_stability_max_change"].iloc[tied] > 0.5
     assert int(np.argmax(a.obs["sccr_stability_max_change"])) == tied  # the tied cell moves most
@@ -90,7 +97,9 @@ def test_outputs_are_stored_and_writable(tmp_path):
     assert a.uns["st"]["n_clusters"] == 2  # round(sqrt(90 / 50))
     a.write_h5ad(tmp_path / "s.h5ad")
     back = ad.read_h5ad(tmp_path / "s.h5ad")
-    assert list(back.uns["st"]["runs"]["kind"]) == ["jitter", "jitter"] and back.uns["st"]["verdict"] == result["verdict"]
+    assert (
+        list(back.uns["st"]["runs"]["kind"]) == ["jitter", "jitter"] and back.uns["st"]["verdict"] == result["verdict"]
+    )
 
 
 def test_stability_figure(tmp_path):

@@ -8,9 +8,9 @@ import scipy.sparse as sp
 
 from helpers import make_expression
 from sccr._engine.execution import Execution, executing
+from sccr._engine.matrix import DenseMatrix, PanelFile, Workspace
 from sccr._engine.pipeline import run_stages
 from sccr._options import Options
-from sccr._engine.matrix import PanelFile, DenseMatrix, Workspace
 
 
 @pytest.fixture

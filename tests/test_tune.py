@@ -114,7 +114,9 @@ def test_progress_and_cost_are_reported(capsys):
 
 def test_bad_grids_are_refused():
     a = planted()
-    with pytest.raises(sccr.InputError, match=r"grid keys 'neighbours' are not options of sccr.impute; use only method, k"):
+    with pytest.raises(
+        sccr.InputError, match=r"grid keys 'neighbours' are not options of sccr.impute; use only method, k"
+    ):
         sccr.tl.tune(a, grid={"neighbours": [5]})
     with pytest.raises(sccr.InputError, match=r"grid\['method'\] has 'magic'"):
         sccr.tl.tune(a, grid={"method": ["magic"]})
@@ -156,14 +158,36 @@ def test_commands(tmp_path, capsys):
     del a.layers["counts"]
     path = tmp_path / "in.h5ad"
     a.write_h5ad(path)
-    args = build_parser().parse_args(["tune", str(path), "--out", str(tmp_path / "t"), "--grid", json.dumps(SMALL), "--n-jobs", "1"])
+    args = build_parser().parse_args(
+        ["tune", str(path), "--out", str(tmp_path / "t"), "--grid", json.dumps(SMALL), "--n-jobs", "1"]
+    )
     assert args.handler.__name__ == "tune_command"  # `sccr tune` and `sccr diagnose` are subcommands of sccr
-    assert main(["tune", str(path), "--out", str(tmp_path / "t"), "--grid", json.dumps(SMALL), "--n-jobs", "1", "--quiet"]) == 0
+    assert (
+        main(["tune", str(path), "--out", str(tmp_path / "t"), "--grid", json.dumps(SMALL), "--n-jobs", "1", "--quiet"])
+        == 0
+    )
     best = json.loads((tmp_path / "t" / "best.json").read_text())
     assert best["method"] == "sccr" and (tmp_path / "t" / "tune.csv").exists()
     assert main(["tune", str(path), "--out", str(tmp_path / "t"), "--grid", '{"kk": [1]}']) == 2
     assert "sccr: error: grid keys 'kk' are not options" in capsys.readouterr().err
     assert main(["tune", str(tmp_path / "missing.h5ad"), "--out", str(tmp_path / "t")]) == 2
-    assert main(["diagnose", str(path), "--out", str(tmp_path / "d"), "--grid", json.dumps(SMALL),
-                 "--n-runs", "1", "--n-jobs", "1", "--quiet", "--no-figures"]) == 0
+    assert (
+        main(
+            [
+                "diagnose",
+                str(path),
+                "--out",
+                str(tmp_path / "d"),
+                "--grid",
+                json.dumps(SMALL),
+                "--n-runs",
+                "1",
+                "--n-jobs",
+                "1",
+                "--quiet",
+                "--no-figures",
+            ]
+        )
+        == 0
+    )
     assert "Should I impute" in (tmp_path / "d" / "report.md").read_text()

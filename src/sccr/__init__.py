@@ -26,8 +26,19 @@ _LAZY = {
 _SUBPACKAGES = ("datasets", "get", "pl", "pp", "tl")
 
 __all__ = [
-    "SCCR", "CountsWarning", "InputError", "InputWarning", "__version__", "benchmark", "datasets", "get",
-    "impute", "impute_file", "pl", "pp", "tl",
+    "SCCR",
+    "CountsWarning",
+    "InputError",
+    "InputWarning",
+    "__version__",
+    "benchmark",
+    "datasets",
+    "get",
+    "impute",
+    "impute_file",
+    "pl",
+    "pp",
+    "tl",
 ]
 
 

@@ -33,7 +33,9 @@ def get_matrix(adata: ad.AnnData, layer: str | None):
         return adata.X
     if layer not in adata.layers:
         known = ", ".join(map(repr, adata.layers.keys())) or "none"
-        raise InputError(f"layer {layer!r} not found in adata.layers (available: {known}); pass one of them or layer=None for X")
+        raise InputError(
+            f"layer {layer!r} not found in adata.layers (available: {known}); pass one of them or layer=None for X"
+        )
     return adata.layers[layer]
 
 
@@ -61,9 +63,7 @@ def warn_duplicate_names(obs_names, var_names) -> None:
 GENE_CHOICES = ("all", "hvg")
 
 
-def select_genes(
-    var_names, var_column, X, *, genes, mask_var, n_top_genes, method: str
-):
+def select_genes(var_names, var_column, X, *, genes, mask_var, n_top_genes, method: str):
     """The graph genes and the imputed genes (ALGORITHM.md, "Graph genes and propagated genes").
 
     ``var_column(name)``: a column of ``var`` as an array, or ``None`` when there is
@@ -88,7 +88,9 @@ def select_genes(
     elif isinstance(mask_var, str):
         column = var_column(mask_var)
         if column is None:
-            raise InputError(f"mask_var={mask_var!r} is not a column of var; pass the name of a boolean var column or a boolean array")
+            raise InputError(
+                f"mask_var={mask_var!r} is not a column of var; pass the name of a boolean var column or a boolean array"
+            )
         mask, source = _as_mask(column, f"var[{mask_var!r}]", g), mask_var
     else:
         mask, source = _as_mask(mask_var, "mask_var", g), "mask_var"
@@ -112,7 +114,9 @@ def select_genes(
                 stacklevel=3,
             )
     if not mask.any():
-        raise InputError(f"{source} selects no gene; select the genes to build the graphs from (mask_var=, n_top_genes=)")
+        raise InputError(
+            f"{source} selects no gene; select the genes to build the graphs from (mask_var=, n_top_genes=)"
+        )
     if hvg_only:
         imputed = mask.copy()
     selection = GeneSelection.from_masks(mask, imputed)
@@ -128,8 +132,12 @@ def _requested(var_names, genes):
             raise InputError(f"genes must be 'all', 'hvg' or a list of gene names, got {genes!r}")
         return np.ones(g, dtype=bool) if genes == "all" else np.zeros(g, dtype=bool)
     names = [str(name) for name in genes]
-    positions = var_names.get_indexer(names) if var_names.is_unique else np.array([var_names.get_loc(n) if n in var_names else -1 for n in names])
-    missing = [name for name, at in zip(names, positions) if at < 0]
+    positions = (
+        var_names.get_indexer(names)
+        if var_names.is_unique
+        else np.array([var_names.get_loc(n) if n in var_names else -1 for n in names])
+    )
+    missing = [name for name, at in zip(names, positions, strict=True) if at < 0]
     if missing:
         raise InputError(
             f"{len(missing)} of the {len(names)} requested genes are not in var_names (first: {missing[0]!r}); "
@@ -145,7 +153,9 @@ def _as_mask(values, what: str, g: int):
 
     mask = np.asarray(values)
     if mask.shape != (g,) or mask.dtype != bool:
-        raise InputError(f"{what} must be a boolean mask of one value per gene ({g}), got dtype {mask.dtype} and shape {mask.shape}")
+        raise InputError(
+            f"{what} must be a boolean mask of one value per gene ({g}), got dtype {mask.dtype} and shape {mask.shape}"
+        )
     return mask
 
 

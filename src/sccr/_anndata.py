@@ -139,8 +139,13 @@ def impute(
     options = Options(**{name: arguments[name] for name in OPTION_NAMES})
     var = adata.var
     selection = select_genes(
-        adata.var_names, lambda name: var[name].to_numpy() if name in var.columns else None, X,
-        genes=genes, mask_var=mask_var, n_top_genes=n_top_genes, method=options.method,
+        adata.var_names,
+        lambda name: var[name].to_numpy() if name in var.columns else None,
+        X,
+        genes=genes,
+        mask_var=mask_var,
+        n_top_genes=n_top_genes,
+        method=options.method,
     )
     batches = None if batch_key is None else batch_codes(_obs_column(adata.obs, batch_key), batch_key, batch_mode)
     with prepare(X, options, genes=selection, batches=batches) as job:
@@ -158,7 +163,9 @@ def impute(
 
 def _obs_column(obs, batch_key: str):
     if batch_key not in obs.columns:
-        raise InputError(f"batch_key={batch_key!r} is not a column of obs; pass the obs column that holds each cell's batch")
+        raise InputError(
+            f"batch_key={batch_key!r} is not a column of obs; pass the obs column that holds each cell's batch"
+        )
     return obs[batch_key].to_numpy()
 
 
@@ -167,7 +174,9 @@ def _selection_record(genes, mask_var, n_top_genes, batch_key, batch_mode) -> di
     return {
         "genes": genes if isinstance(genes, str) else "list",
         "mask_var": mask_var if isinstance(mask_var, str) or mask_var is None else "array",
-        "n_top_genes": n_top_genes, "batch_key": batch_key, "batch_mode": batch_mode if batch_key is not None else None,
+        "n_top_genes": n_top_genes,
+        "batch_key": batch_key,
+        "batch_mode": batch_mode if batch_key is not None else None,
     }
 
 
@@ -185,13 +194,26 @@ def _outputs(
     """``(where, key, value)`` of what a run adds to an AnnData besides the imputed layer."""
     decisions = result.decisions
     genes = result.genes
-    if selected is not None and selected["genes"] == "all" and selected["mask_var"] is None and selected["n_top_genes"] is None and selected["batch_key"] is None:
+    if (
+        selected is not None
+        and selected["genes"] == "all"
+        and selected["mask_var"] is None
+        and selected["n_top_genes"] is None
+        and selected["batch_key"] is None
+    ):
         selected = None  # the plain run records what it always recorded
     params = {
         # What scanpy's neighbors readers look for (sc.tl.umap, sc.tl.leiden with neighbors_key=key_added).
-        "n_neighbors": options.k + 1, "method": "sccr", "metric": "cosine",
-        "layer": layer, **options.record(), "n_jobs": decisions.n_jobs, "knn_used": decisions.knn_used,
-        "scheduler": decisions.scheduler, "out_of_core": decisions.out_of_core, "input_on_disk": decisions.input_on_disk,
+        "n_neighbors": options.k + 1,
+        "method": "sccr",
+        "metric": "cosine",
+        "layer": layer,
+        **options.record(),
+        "n_jobs": decisions.n_jobs,
+        "knn_used": decisions.knn_used,
+        "scheduler": decisions.scheduler,
+        "out_of_core": decisions.out_of_core,
+        "input_on_disk": decisions.input_on_disk,
         **({} if selected is None else {k: v for k, v in selected.items() if v is not None}),
     }
     if genes is not None:
@@ -312,7 +334,9 @@ def impute_file(
             echo(f"took over the lock of {str(output)!r} from sccr run {previous.describe()}, which has ended")
         adata = None
         if preprocess == "paper":
-            adata = preprocess_paper(read_anndata(input), n_top_genes=2000 if n_top_genes is None else n_top_genes, layer=layer)
+            adata = preprocess_paper(
+                read_anndata(input), n_top_genes=2000 if n_top_genes is None else n_top_genes, layer=layer
+            )
             layer, source, obs_names, var_names = None, adata.X, adata.obs_names, adata.var_names
             echo(f"preprocessed (paper): {adata.n_obs} cells x {adata.n_vars} genes")
             var_column = lambda name: adata.var[name].to_numpy() if name in adata.var.columns else None  # noqa: E731
@@ -324,24 +348,35 @@ def impute_file(
             obs_column = lambda name: read_column(input, "obs", name)  # noqa: E731
             top = n_top_genes
         warn_duplicate_names(obs_names, var_names)
-        selection = select_genes(var_names, var_column, source, genes=genes, mask_var=mask_var, n_top_genes=top, method=opts.method)
+        selection = select_genes(
+            var_names, var_column, source, genes=genes, mask_var=mask_var, n_top_genes=top, method=opts.method
+        )
         batches = None
         if batch_key is not None:
             column = obs_column(batch_key)
             if column is None:
-                raise InputError(f"batch_key={batch_key!r} is not a column of obs; pass the obs column that holds each cell's batch")
+                raise InputError(
+                    f"batch_key={batch_key!r} is not a column of obs; pass the obs column that holds each cell's batch"
+                )
             batches = batch_codes(column, batch_key, batch_mode)
         output_size = output_bytes(Path(input) if adata is None else None, source.shape, opts.k, opts.k_gene)
         if adata is not None:
             output_size += adata.X.data.nbytes if hasattr(adata.X, "data") else adata.X.nbytes
         job = stack.enter_context(
             prepare(
-                source, opts, output_in_memory=False, checkpoint=checkpoint, disk=[(folder, output_size, "the output")],
-                genes=selection, batches=batches,  # the output's disk space: checked through disk=
+                source,
+                opts,
+                output_in_memory=False,
+                checkpoint=checkpoint,
+                disk=[(folder, output_size, "the output")],
+                genes=selection,
+                batches=batches,  # the output's disk space: checked through disk=
             )
         )
         if selection is not None:
-            echo(f"graphs from {selection.graph.size} genes; imputing {int(selection.imputed.sum())} of {selection.n_genes} genes")
+            echo(
+                f"graphs from {selection.graph.size} genes; imputing {int(selection.imputed.sum())} of {selection.n_genes} genes"
+            )
         del source
         for note in job.notes:
             echo(note)

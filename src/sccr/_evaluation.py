@@ -22,7 +22,9 @@ def _nonzeros(X: np.ndarray | sp.spmatrix) -> tuple[np.ndarray | sp.csr_matrix, 
     return X, i, j, X[i, j]
 
 
-def _drop(X: np.ndarray | sp.csr_matrix, i: np.ndarray, j: np.ndarray, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _drop(
+    X: np.ndarray | sp.csr_matrix, i: np.ndarray, j: np.ndarray, pick: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Zero the non-zeros ``pick`` (indices into ``i, j``) of ``X`` in place; CSR keeps no zeros."""
     if sp.issparse(X):
         X.data[pick] = 0

@@ -49,9 +49,13 @@ def _format_of_input(path: Path) -> str:
     if path.is_dir():
         if is_zarr(path):
             return "zarr"
-        raise InputError(f"input {str(path)!r} is a folder but not a zarr store; pass an .h5ad file or a .zarr store written by anndata")
+        raise InputError(
+            f"input {str(path)!r} is a folder but not a zarr store; pass an .h5ad file or a .zarr store written by anndata"
+        )
     if not h5py.is_hdf5(path):
-        raise InputError(f"input {str(path)!r} is not an HDF5/.h5ad file (nor a .zarr store); convert it with anndata (e.g. sc.read_10x_mtx(...).write_h5ad(...))")
+        raise InputError(
+            f"input {str(path)!r} is not an HDF5/.h5ad file (nor a .zarr store); convert it with anndata (e.g. sc.read_10x_mtx(...).write_h5ad(...))"
+        )
     return "h5ad"
 
 
@@ -79,7 +83,9 @@ def _readable(path: Path, element: str | None = None) -> Iterator[None]:
                     f"cannot read {element!r} of {str(path)!r} ({type(err).__name__}: {err}); the file may be truncated "
                     "or corrupt: copy it again from its source"
                 ) from err
-            raise InputError(f"cannot read {str(path)!r} as AnnData ({type(err).__name__}: {err}); the file may be truncated or corrupt") from err
+            raise InputError(
+                f"cannot read {str(path)!r} as AnnData ({type(err).__name__}: {err}); the file may be truncated or corrupt"
+            ) from err
     for w in caught:  # the file was readable: its warnings are worth showing
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
@@ -176,7 +182,9 @@ class StoredMatrix(StoredInput):
         if _is_group(element):
             encoding = element.attrs.get("encoding-type")
             if encoding not in ("csr_matrix", "csc_matrix"):
-                raise InputError(f"{key} is stored as {encoding!r}, not as a matrix; pass a layer holding a dense or sparse matrix")
+                raise InputError(
+                    f"{key} is stored as {encoding!r}, not as a matrix; pass a layer holding a dense or sparse matrix"
+                )
             self._sparse = sparse_dataset(element)
             self.format = self._sparse.format
             self.nnz = int(element["data"].shape[0])
@@ -236,13 +244,17 @@ def open_matrix(path: str | os.PathLike, layer: str | None) -> Iterator[tuple[St
 
 def _matrix_and_names(f, path: Path, layer: str | None) -> tuple[StoredMatrix, tuple[pd.Index, pd.Index]]:
     if "obs" not in f or "var" not in f:
-        raise InputError(f"cannot read {str(path)!r} as AnnData: it has no obs/var; pass an .h5ad file or .zarr store written by anndata")
+        raise InputError(
+            f"cannot read {str(path)!r} as AnnData: it has no obs/var; pass an .h5ad file or .zarr store written by anndata"
+        )
     key = "X" if layer is None else f"layers/{layer}"
     if key not in f:
         if layer is None:
             raise InputError(f"{str(path)!r} has no X; pass --layer naming the layer to impute")
         known = ", ".join(map(repr, f["layers"].keys())) if "layers" in f else "none"
-        raise InputError(f"layer {layer!r} not found in {str(path)!r} (available: {known}); pass one of them or omit --layer for X")
+        raise InputError(
+            f"layer {layer!r} not found in {str(path)!r} (available: {known}); pass one of them or omit --layer for X"
+        )
     check_zarr_complete(f, path, ("obs", "var", key))
     return StoredMatrix(f[key], key, path), (_index(f["obs"]), _index(f["var"]))
 
@@ -252,7 +264,9 @@ def output_format(output: Path) -> str:
     return "zarr" if output.suffix == ".zarr" else "h5ad"
 
 
-def check_output_path(output: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = (), force: bool = False) -> Path:
+def check_output_path(
+    output: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = (), force: bool = False
+) -> Path:
     """Refuse an output that would overwrite an input, an existing file (unless ``force``) or sits in a missing folder."""
     output = Path(output)
     for source in map(Path, inputs):
@@ -260,10 +274,14 @@ def check_output_path(output: str | os.PathLike, *, inputs: tuple[str | os.PathL
             source.exists() and output.exists() and os.path.samefile(source, output)
         )
         if same:
-            raise InputError(f"output {str(output)!r} is the input file; choose another output path (the input is never modified)")
+            raise InputError(
+                f"output {str(output)!r} is the input file; choose another output path (the input is never modified)"
+            )
     zarr_output = output_format(output) == "zarr"
     if output.is_dir() and not (zarr_output and is_zarr(output)):
-        raise InputError(f"output {str(output)!r} is a folder; pass a file path such as {str(output / 'imputed.h5ad')!r} (or a .zarr store)")
+        raise InputError(
+            f"output {str(output)!r} is a folder; pass a file path such as {str(output / 'imputed.h5ad')!r} (or a .zarr store)"
+        )
     if zarr_output and output.exists() and not output.is_dir():
         raise InputError(f"output {str(output)!r} is a file, not a zarr store; choose another output path")
     if output.suffix not in (".h5ad", ".zarr"):
@@ -290,7 +308,9 @@ def _busy_output(output: Path):
                 "tell from here whether it still runs: if it has ended, delete the lock file"
             )
         who = "another sccr run" if owner is None else f"sccr run {owner.describe()}"
-        return InputError(f"output {str(output)!r} is being written by {who}; wait for it to finish or choose another output path")
+        return InputError(
+            f"output {str(output)!r} is being written by {who}; wait for it to finish or choose another output path"
+        )
 
     return error
 
@@ -458,7 +478,7 @@ def _copy_element(src, dst, key: str) -> None:
 
 def _new_array(group, name: str, shape: tuple[int, ...], dtype, chunks: tuple[int, ...]):
     """An empty array ``group[name]`` (h5py dataset or zarr array) of ``chunks``."""
-    chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape))
+    chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape, strict=True))
     if isinstance(group, zarr.Group):
         return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks)
     return group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks if all(shape) else None)

@@ -23,7 +23,9 @@ KNN_MODES = ("auto", "exact", "approx")
 BACKENDS = ("local", "dask")
 
 
-def _option(default, doc: str, *, choices: tuple | None = None, flag: str | None = None, cli: type | None = None) -> Any:
+def _option(
+    default, doc: str, *, choices: tuple | None = None, flag: str | None = None, cli: type | None = None
+) -> Any:
     """A field of :class:`Options`: ``doc`` for the docstrings, ``choices``, and how the command line shows it.
 
     ``cli``: the type of its command-line value (``None``: not on the command line);
@@ -144,7 +146,8 @@ class Options:
         '``"sccr"``; ``"scfp"`` (hard propagation on the k-NN graph of X, then soft propagation on a graph '
         'rebuilt from it, as in scFP\'s code); ``"scbfp"`` (hard propagation over a gene graph, then soft '
         "propagation over cells, as in scBFP's code).",
-        choices=METHODS, cli=str,
+        choices=METHODS,
+        cli=str,
     )
     k: int = _option(15, "Neighbours per cell in the cell graphs.", cli=int)
     k_gene: int = _option(2, "Neighbours per gene in the gene graph.", cli=int)
@@ -152,19 +155,23 @@ class Options:
     alpha: float = _option(0.05, "Weight of the pre-imputation in the blend (ALGORITHM.md step 4).", cli=float)
     beta: float = _option(0.99, "Propagation weight of the final soft (denoising) propagation.", cli=float)
     gamma: float = _option(
-        0.01, "Weight of the blend in the output (``1`` returns the blend itself, as in the paper's dropout-recovery runs).",
+        0.01,
+        "Weight of the blend in the output (``1`` returns the blend itself, as in the paper's dropout-recovery runs).",
         cli=float,
     )
     sym_final: bool = _option(
-        True, "Symmetrise the final cell graph (the authors use ``False`` for Worm Neuron, Zeisel, Baron Mouse).",
-        flag="--no-sym-final", cli=bool,
+        True,
+        "Symmetrise the final cell graph (the authors use ``False`` for Worm Neuron, Zeisel, Baron Mouse).",
+        flag="--no-sym-final",
+        cli=bool,
     )
     knn: str = _option(
         "auto",
         'Neighbour search for the cell graphs: ``"exact"``, ``"approx"`` (candidates from a projection, '
         'scored with the exact cosine; docs/knn.md) or ``"auto"`` (approximate from 20,000 cells on). '
         "Gene graphs are always exact.",
-        choices=KNN_MODES, cli=str,
+        choices=KNN_MODES,
+        cli=str,
     )
     random_state: int | None = _option(
         0, "Seed of the approximate search (exact runs are deterministic whatever its value).", flag="--seed", cli=int
@@ -177,7 +184,8 @@ class Options:
         "local",
         '``"local"`` (threads of this process) or ``"dask"``: propagation chunks and exact k-NN row blocks '
         "run on the workers of a dask.distributed cluster, with results equal to the local backend's (docs/dask.md).",
-        choices=BACKENDS, cli=str,
+        choices=BACKENDS,
+        cli=str,
     )
     client: Any = _option(None, 'The ``distributed.Client`` for ``backend="dask"`` (``None``: the active client).')
     memory_budget: int | str | None = _option(
@@ -188,7 +196,8 @@ class Options:
         cli=str,
     )
     scratch_dir: str | None = _option(
-        None, "Folder for those scratch files (``None``: the system's temporary folder); they are deleted at the end.",
+        None,
+        "Folder for those scratch files (``None``: the system's temporary folder); they are deleted at the end.",
         cli=str,
     )
 
@@ -220,7 +229,9 @@ class Options:
         """Options from keyword arguments, with an error naming any that is not an option."""
         unknown = sorted(set(kwargs) - set(OPTION_NAMES))
         if unknown:
-            raise InputError(f"unknown option(s) {', '.join(map(repr, unknown))}; the options are: {', '.join(OPTION_NAMES)}")
+            raise InputError(
+                f"unknown option(s) {', '.join(map(repr, unknown))}; the options are: {', '.join(OPTION_NAMES)}"
+            )
         return cls(**kwargs)
 
     def replace(self, **changes) -> Options:

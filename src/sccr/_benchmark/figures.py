@@ -22,15 +22,17 @@ def errors_vs_rate(stats: dict, dataset: str, methods: list[str], path: Path) ->
     fig = Figure(figsize=(9, 3.5))
     axes = fig.subplots(1, 2)
     drawn = False
-    for ax, metric, label in zip(axes, ("rmse", "median_l1"), ("RMSE", "median L1")):
+    for ax, metric, label in zip(axes, ("rmse", "median_l1"), ("RMSE", "median L1"), strict=True):
         for i, method in enumerate(methods):
             for task, style in (("mcar", "-"), ("mnar", "--")):
-                points = sorted((k[2], v[0], v[1]) for k, v in stats.items()
-                                if k[0] == dataset and k[1] == task and k[3] == method and k[4] == metric)
+                points = sorted(
+                    (k[2], v[0], v[1])
+                    for k, v in stats.items()
+                    if k[0] == dataset and k[1] == task and k[3] == method and k[4] == metric
+                )
                 if points:
-                    x, y, e = map(np.array, zip(*points))
-                    ax.errorbar(x, y, yerr=e, fmt=style + "o", color=f"C{i}", ms=3,
-                                label=f"{method} ({task.upper()})")
+                    x, y, e = map(np.array, zip(*points, strict=True))
+                    ax.errorbar(x, y, yerr=e, fmt=style + "o", color=f"C{i}", ms=3, label=f"{method} ({task.upper()})")
                     drawn = True
         ax.set(xlabel="dropout rate", ylabel=label, title=f"{dataset}: {label}")
     if drawn:
@@ -44,11 +46,17 @@ def clustering_bars(stats: dict, datasets: list[str], methods: list[str], path: 
     fig = Figure(figsize=(12, 3.5))
     axes = fig.subplots(1, 3)
     width = 0.8 / len(methods)
-    for ax, metric in zip(axes, ("ari", "nmi", "ca")):
+    for ax, metric in zip(axes, ("ari", "nmi", "ca"), strict=True):
         for i, method in enumerate(methods):
             vals = [stats.get((d, "clustering", 0.0, method, metric), (np.nan, 0.0))[:2] for d in datasets]
-            ax.bar(np.arange(len(datasets)) + i * width, [v[0] for v in vals], width,
-                   yerr=[v[1] for v in vals], label=method, color=f"C{i}")
+            ax.bar(
+                np.arange(len(datasets)) + i * width,
+                [v[0] for v in vals],
+                width,
+                yerr=[v[1] for v in vals],
+                label=method,
+                color=f"C{i}",
+            )
         ax.set_xticks(np.arange(len(datasets)) + 0.4 - width / 2, datasets, fontsize=7)
         ax.set(title=metric.upper(), ylim=(0, 1))
     axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
@@ -84,9 +92,19 @@ def umap_grid(folder: Path, dataset: str, methods: list[str], path: Path) -> boo
             ax.set_title(f"{method}\n{title}", fontsize=7)
     if types is not None:
         colours = colormaps["tab20"]
-        handles = [Line2D([], [], ls="", marker="o", ms=4, color=colours(i % 20 / 19), label=str(t)) for i, t in enumerate(types)]
-        fig.legend(handles=handles, title="cell type", fontsize=6, title_fontsize=7, loc="center left",
-                   bbox_to_anchor=(1.0, 0.5), frameon=False)
+        handles = [
+            Line2D([], [], ls="", marker="o", ms=4, color=colours(i % 20 / 19), label=str(t))
+            for i, t in enumerate(types)
+        ]
+        fig.legend(
+            handles=handles,
+            title="cell type",
+            fontsize=6,
+            title_fontsize=7,
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            frameon=False,
+        )
     fig.suptitle(f"{dataset}: UMAP coloured by cell type", fontsize=9)
     _save(fig, path)
     return True
@@ -104,7 +122,7 @@ def gene_edges(records: list[dict], datasets: list[str], path: Path) -> bool:
         return False
     fig = Figure(figsize=(1.1 * len(sources) * len(datasets) + 1.8, 3))
     axes = fig.subplots(1, len(datasets), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
+    for ax, dataset in zip(axes[0], datasets, strict=True):
         for x, (method, _) in enumerate(sources):
             e = found.get((dataset, method))
             if e is None:

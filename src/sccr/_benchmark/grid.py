@@ -21,7 +21,7 @@ METRICS = {
     "ari": ("ARI", True),
     "nmi": ("NMI", True),
     "ca": ("CA", True),
-    "mae": ("MAE (the paper's \"RMSE\")", False),
+    "mae": ('MAE (the paper\'s "RMSE")', False),
     "rmse": ("RMSE (root mean square error)", False),
     "median_l1": ("median L1", False),
     "cosine": ("cosine similarity", True),

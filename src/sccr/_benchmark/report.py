@@ -27,7 +27,9 @@ def _table(stats: dict, rows: list[tuple], methods: list[str], metric: str) -> l
     for dataset, task, rate in rows:
         cells = {m: stats.get((dataset, task, rate, m, metric)) for m in methods}
         # No imputation takes no time: raw competes on scores and errors only.
-        means = [round(c[0], digits) for m, c in cells.items() if c is not None and (m != "raw" or metric not in _COSTS)]
+        means = [
+            round(c[0], digits) for m, c in cells.items() if c is not None and (m != "raw" or metric not in _COSTS)
+        ]
         best = (max(means) if higher else min(means)) if means else None
         out = [dataset] + ([f"{rate:g}"] if rate else [])
         for m in methods:
@@ -56,8 +58,10 @@ def summary_markdown(records: list[dict]) -> str:
         "memory among the imputing methods), compared at the precision shown. Errors are on the dropped entries only.",
     ]
     for task in _ordered([r["task"] for r in records], TASKS):
-        rows = sorted({(r["dataset"], task, r["rate"]) for r in records if r["task"] == task},
-                      key=lambda x: (datasets.index(x[0]), x[2]))
+        rows = sorted(
+            {(r["dataset"], task, r["rate"]) for r in records if r["task"] == task},
+            key=lambda x: (datasets.index(x[0]), x[2]),
+        )
         lines += ["", f"## {_TASK_TITLES[task]}"]
         for metric in _TASK_METRICS[task]:
             if any((d, t, rate, m, metric) in stats for d, t, rate in rows for m in methods):

@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -36,6 +36,7 @@ _DROPS = {"mcar": drop_entries, "mnar": drop_entries_mnar}
 #: KMeans runs on one thread: with two OpenMP threads on a busy 2-core machine it ran 10-20x
 #: slower (threads spinning at barriers), with the same labels on every case checked.
 KMEANS_THREADS = 1
+
 
 @dataclass
 class Dataset:
@@ -62,14 +63,18 @@ def load_dataset(source: str | os.PathLike, *, label_key: str, genes_dir: str | 
     else:
         name, adata = Path(source).name.removesuffix(".h5ad"), read_anndata(source)
     if label_key not in adata.obs:
-        raise InputError(f"{str(source)!r} has no obs column {label_key!r} (columns: {', '.join(map(str, adata.obs.columns)) or 'none'}); pass --label-key")
+        raise InputError(
+            f"{str(source)!r} has no obs column {label_key!r} (columns: {', '.join(map(str, adata.obs.columns)) or 'none'}); pass --label-key"
+        )
     genes_file = Path(genes_dir) / f"{name}.genes.txt" if genes_dir is not None else None
     genes = genes_file.read_text().split() if genes_file is not None and genes_file.exists() else None
     adata = preprocess_paper(adata, genes=genes)
     labels = adata.obs[label_key].to_numpy()
     if (adata.obs[label_key].isna()).any():
         raise InputError(f"{str(source)!r}: obs[{label_key!r}] has missing labels; drop those cells first")
-    return Dataset(name, sp.csr_matrix(adata.X), labels, {"genes": str(genes_file) if genes else "top 2000 by count variance"})
+    return Dataset(
+        name, sp.csr_matrix(adata.X), labels, {"genes": str(genes_file) if genes else "top 2000 by count variance"}
+    )
 
 
 def method_params(method: str, dataset: str, task: str) -> dict:
@@ -81,7 +86,11 @@ def method_params(method: str, dataset: str, task: str) -> dict:
     """
     if method in ("sccr", "scfp", "scbfp"):
         paper = {"gamma": PAPER_GAMMA[task], "sym_final": PAPER_SYM_FINAL.get(dataset, True)}
-        keys = ("k", "k_gene", "n_iter", "alpha", "beta", "gamma", "sym_final") if method == "sccr" else ("k", "k_gene", "n_iter", "beta", "sym_final")
+        keys = (
+            ("k", "k_gene", "n_iter", "alpha", "beta", "gamma", "sym_final")
+            if method == "sccr"
+            else ("k", "k_gene", "n_iter", "beta", "sym_final")
+        )
         return {key: paper.get(key, getattr(DEFAULTS, key)) for key in keys}
     return {
         "raw": {},
@@ -263,33 +272,58 @@ def benchmark(
                         dropped = None if task == "clustering" else _DROPS[task](data.X, rate, seed)
                         for method in methods:
                             bar.set_postfix_str(f"{data.name} {task} {rate} s{seed} {method}")
-                            base = {"dataset": data.name, "method": method, "task": task, "rate": rate, "seed": seed,
-                                    "params": method_params(method, data.name, task), "preprocess": data.preprocess, **common}
+                            base = {
+                                "dataset": data.name,
+                                "method": method,
+                                "task": task,
+                                "rate": rate,
+                                "seed": seed,
+                                "params": method_params(method, data.name, task),
+                                "preprocess": data.preprocess,
+                                **common,
+                            }
                             if record_key(base) in done:
                                 skipped += 1
                             else:
-                                _append(results, _evaluate(base, data, dropped, clustering_runs, out=out, figures=figures, seeds=seeds))
+                                _append(
+                                    results,
+                                    _evaluate(
+                                        base, data, dropped, clustering_runs, out=out, figures=figures, seeds=seeds
+                                    ),
+                                )
                             bar.update()
     if skipped:
-        echo(f"sccr: notice: {skipped} of {n_units} records were already in {results} and were skipped (--force recomputes them)")
+        echo(
+            f"sccr: notice: {skipped} of {n_units} records were already in {results} and were skipped (--force recomputes them)"
+        )
     records = read_records(results)
     write_report(records, out, figures=figures, echo=echo)
     return records
 
 
-def _evaluate(base: dict, data: Dataset, dropped, clustering_runs: dict, *, out: Path, figures: bool, seeds: list[int]) -> dict:
+def _evaluate(
+    base: dict, data: Dataset, dropped, clustering_runs: dict, *, out: Path, figures: bool, seeds: list[int]
+) -> dict:
     """Impute (or reuse the clustering task's imputation), score, and return the record."""
     method, task, rate, seed = base["method"], base["task"], base["rate"], base["seed"]
     reused = task == "clustering" and method in clustering_runs
     if reused:
         run_info = clustering_runs[method]
     else:
-        run_info = _run_method(method, data.X if dropped is None else dropped[0], base["params"], data, task, base["n_jobs"])
+        run_info = _run_method(
+            method, data.X if dropped is None else dropped[0], base["params"], data, task, base["n_jobs"]
+        )
         if task == "clustering":
             clustering_runs[method] = run_info
     imputed = run_info["imputed"]
-    record = {**base, "n_cells": int(data.X.shape[0]), "n_genes": int(data.X.shape[1]),
-              "seconds": run_info["seconds"], "peak_rss_mb": run_info["peak_rss_mb"], "imputation_reused": reused}
+    record = {
+        **base,
+        "n_cells": int(data.X.shape[0]),
+        "n_genes": int(data.X.shape[1]),
+        "seconds": run_info["seconds"],
+        "peak_rss_mb": run_info["peak_rss_mb"],
+        "imputation_reused": reused,
+    }
     start = time.perf_counter()
     with threadpool_limits(limits=KMEANS_THREADS):
         record.update(clustering_scores(imputed, data.labels, seed=seed))
@@ -303,7 +337,7 @@ def _evaluate(base: dict, data: Dataset, dropped, clustering_runs: dict, *, out:
         record["gene_edges"] = run_info["gene_edges"]
     if figures and seed == seeds[0] and (task == "clustering" or (task == "mcar" and rate == UMAP_RATE)):
         _save_embedding(out, record, imputed, data.labels)
-    record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     return record
 
 

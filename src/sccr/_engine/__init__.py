@@ -22,21 +22,55 @@ way in for a run is :func:`prepare` (then :meth:`Job.execute`) or :func:`run`.
 =================  ============================================================
 """
 
-from .checks import ValueSummary, canonical, check_counts, check_dtype, check_expression, check_shape
 from .checkpoint import check_folder as check_checkpoint_folder
+from .checks import ValueSummary, canonical, check_counts, check_dtype, check_expression, check_shape
 from .dask import connect
+from .entry import Job, prepare, run
 from .files import ELSEWHERE, LIVE, Leftover, Owner, check_free_space, claim, lock_path, no_space_named, size_of, sweep
 from .genes import MANY_GRAPH_GENES, GeneSelection, top_variance_genes
 from .graph import BATCH_MODES, knn_graph, resolve_knn
 from .matrix import PANEL_WIDTH, READ_BLOCK_BYTES, ROW_BLOCK, DenseMatrix, Matrix, StoredInput, dense
 from .memory import SKIP_ENV
 from .pipeline import STAGES, Batches, Decisions, Result
-from .entry import Job, prepare, run
 
 __all__ = [
-    "BATCH_MODES", "ELSEWHERE", "LIVE", "MANY_GRAPH_GENES", "PANEL_WIDTH", "READ_BLOCK_BYTES", "ROW_BLOCK", "SKIP_ENV",
-    "STAGES", "Batches", "Decisions", "DenseMatrix", "GeneSelection", "Job", "Leftover", "Matrix", "Owner", "Result",
-    "StoredInput", "ValueSummary", "canonical", "check_checkpoint_folder", "check_counts", "check_dtype",
-    "check_expression", "check_free_space", "check_shape", "claim", "connect", "dense", "knn_graph", "lock_path",
-    "no_space_named", "prepare", "resolve_knn", "run", "size_of", "sweep", "top_variance_genes",
+    "BATCH_MODES",
+    "ELSEWHERE",
+    "LIVE",
+    "MANY_GRAPH_GENES",
+    "PANEL_WIDTH",
+    "READ_BLOCK_BYTES",
+    "ROW_BLOCK",
+    "SKIP_ENV",
+    "STAGES",
+    "Batches",
+    "Decisions",
+    "DenseMatrix",
+    "GeneSelection",
+    "Job",
+    "Leftover",
+    "Matrix",
+    "Owner",
+    "Result",
+    "StoredInput",
+    "ValueSummary",
+    "canonical",
+    "check_checkpoint_folder",
+    "check_counts",
+    "check_dtype",
+    "check_expression",
+    "check_free_space",
+    "check_shape",
+    "claim",
+    "connect",
+    "dense",
+    "knn_graph",
+    "lock_path",
+    "no_space_named",
+    "prepare",
+    "resolve_knn",
+    "run",
+    "size_of",
+    "sweep",
+    "top_variance_genes",
 ]

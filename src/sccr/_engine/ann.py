@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+
 import numpy as np
 import scipy.sparse as sp
 from numba import njit, prange

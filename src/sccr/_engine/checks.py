@@ -34,7 +34,7 @@ def _as_float32(X) -> np.ndarray | sp.csr_matrix:
 
 def check_dtype(dtype: np.dtype) -> None:
     """Refuse a matrix whose values are not real numbers (strings, objects, complex)."""
-    if dtype == object or not (np.issubdtype(dtype, np.number) or dtype == bool):
+    if dtype.kind in "OUSV" or not (np.issubdtype(dtype, np.number) or dtype.kind == "b"):
         raise InputError(f"matrix has dtype {dtype}; expected numbers (float32 is best)")
     if dtype.kind == "c":
         raise InputError(f"matrix has complex dtype {dtype}; pass real expression values (e.g. np.abs(X) or X.real)")
@@ -90,7 +90,9 @@ class ValueSummary:
     def check_values(self, what: str) -> None:
         """Refuse NaN, infinite and negative values."""
         if self.n_nonfinite:
-            raise InputError(f"{what} contains {self.n_nonfinite} NaN or infinite values; remove or replace them (e.g. np.nan_to_num) before imputing")
+            raise InputError(
+                f"{what} contains {self.n_nonfinite} NaN or infinite values; remove or replace them (e.g. np.nan_to_num) before imputing"
+            )
         if self.minimum < 0:
             raise InputError(
                 f"{what} has negative values (min {self.minimum:.3g}); sccr needs non-negative "
@@ -106,7 +108,9 @@ class ValueSummary:
         if g < 2:
             raise InputError("only 1 gene: cosine similarity between cells needs at least 2 genes; pass more genes")
         if k_gene is not None and g < k_gene + 1:
-            raise InputError(f"only {g} genes for k_gene={k_gene} neighbours; need at least k_gene + 1 = {k_gene + 1} genes, or lower k_gene")
+            raise InputError(
+                f"only {g} genes for k_gene={k_gene} neighbours; need at least k_gene + 1 = {k_gene + 1} genes, or lower k_gene"
+            )
         if self.max_nonzero > 1 and self.whole_numbers:
             warnings.warn(
                 "the matrix holds only whole numbers: it looks like raw counts, but sccr expects "
@@ -116,7 +120,9 @@ class ValueSummary:
                 stacklevel=4,
             )
         if not self.per_cell.any():
-            raise InputError("expression matrix has no non-zero value, so there is nothing to propagate; check that the right matrix or layer was passed")
+            raise InputError(
+                "expression matrix has no non-zero value, so there is nothing to propagate; check that the right matrix or layer was passed"
+            )
         parts = [
             f"{int((counts == 0).sum())} of {counts.size} {axis}"
             for axis, counts in (("cells", self.per_cell), ("genes", self.per_gene))

@@ -180,9 +180,12 @@ def connect(address: str | None, *, n_workers: int | None = None) -> Iterator[An
     """
     distributed = _distributed()
     if address is None:
-        with distributed.LocalCluster(
-            n_workers=resolve_n_jobs(n_workers), threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as cluster, distributed.Client(cluster) as client:
+        with (
+            distributed.LocalCluster(
+                n_workers=resolve_n_jobs(n_workers), threads_per_worker=1, processes=True, dashboard_address=":0"
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
             yield client
         return
     try:

@@ -3,10 +3,10 @@
 Every face (estimator, AnnData functions, command line, benchmark) goes through
 :func:`prepare` and :meth:`Job.execute`, or :func:`run` which does both::
 
-    with prepare(X, options) as job:      # checks X, plans memory, streams a stored input if it must
-        result = job.execute(out=store)   # the stages, into ``out`` (default: a new array)
-        ...                               # the face stores the result
-        job.commit()                      # done: a checkpoint is deleted (else it is kept for a rerun)
+    with prepare(X, options) as job:  # checks X, plans memory, streams a stored input if it must
+        result = job.execute(out=store)  # the stages, into ``out`` (default: a new array)
+        ...  # the face stores the result
+        job.commit()  # done: a checkpoint is deleted (else it is kept for a rerun)
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from .._options import Options
 from .checkpoint import Checkpoint, fingerprint, stage_matrices
 from .checks import ValueSummary, canonical, check_expression
 from .execution import Execution, executing
-from .genes import GeneSelection, check_batches, check_selection
 from .files import ELSEWHERE, check_free_space, scratch_parent, sweep
+from .genes import GeneSelection, check_batches, check_selection
 from .graph import resolve_knn
 from .matrix import Matrix, PanelFile, StoredInput, Workspace
 from .memory import plan
@@ -65,9 +65,16 @@ class Job:
     """
 
     def __init__(
-        self, X, options: Options, decisions: Decisions, execution: Execution, workspace: Workspace,
-        checkpoint: Checkpoint | None = None, notes: list[str] | None = None,
-        genes: GeneSelection | None = None, batches: Batches | None = None,
+        self,
+        X,
+        options: Options,
+        decisions: Decisions,
+        execution: Execution,
+        workspace: Workspace,
+        checkpoint: Checkpoint | None = None,
+        notes: list[str] | None = None,
+        genes: GeneSelection | None = None,
+        batches: Batches | None = None,
     ) -> None:
         self.X, self.options, self.decisions = X, options, decisions
         self.genes, self.batches = genes, batches
@@ -85,8 +92,14 @@ class Job:
         extra = {} if chunk is None else {"chunk": chunk}
         with executing(self._execution):
             result = run_stages(
-                self.X, self.options, workspace=self._workspace, out=out, genes=self.genes, batches=self.batches,
-                checkpoint=self._checkpoint, **extra,
+                self.X,
+                self.options,
+                workspace=self._workspace,
+                out=out,
+                genes=self.genes,
+                batches=self.batches,
+                checkpoint=self._checkpoint,
+                **extra,
             )
         result.decisions = self.decisions
         result.timings.update(self.timings)
@@ -179,8 +192,13 @@ def prepare(
         if isinstance(source, StoredInput):
             shape, nnz = source.shape, source.nnz
             out_of_core, input_on_disk = plan(
-                shape, nnz, options, output_in_memory=output_in_memory, input_bytes=source.in_memory_bytes(),
-                n_graph_genes=n_graph, output_path=output_path,
+                shape,
+                nnz,
+                options,
+                output_in_memory=output_in_memory,
+                input_bytes=source.in_memory_bytes(),
+                n_graph_genes=n_graph,
+                output_path=output_path,
             )
         else:
             X = check_expression(source, options.k, k_gene=k_gene)
@@ -208,8 +226,11 @@ def prepare(
 
             remote = resolve_executor(options.client)
         decisions = Decisions(
-            n_jobs=options.n_jobs, knn_used=resolve_knn(options.knn, X.shape[0]), out_of_core=out_of_core,
-            input_on_disk=input_on_disk, scheduler=None if remote is None else remote.address,
+            n_jobs=options.n_jobs,
+            knn_used=resolve_knn(options.knn, X.shape[0]),
+            out_of_core=out_of_core,
+            input_on_disk=input_on_disk,
+            scheduler=None if remote is None else remote.address,
         )
         timings = {}
         if store is not None:
@@ -219,7 +240,15 @@ def prepare(
             notes += store.notes
             decisions = replace(decisions, resumed_after=store.stage)
         job = Job(
-            X, options, decisions, Execution(options.n_jobs, options.progress, remote), workspace, store, notes, genes, batches
+            X,
+            options,
+            decisions,
+            Execution(options.n_jobs, options.progress, remote),
+            workspace,
+            store,
+            notes,
+            genes,
+            batches,
         )
         job.timings = timings
         return job
@@ -236,4 +265,3 @@ def run(source, options: Options) -> Result:
         result = job.execute()
         job.commit()
         return result
-

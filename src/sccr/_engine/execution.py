@@ -73,7 +73,7 @@ class Execution:
         return tqdm(total=total, desc=desc, unit=unit, leave=True)
 
 
-_CURRENT: ContextVar[Execution] = ContextVar("sccr_execution", default=Execution())
+_CURRENT: ContextVar[Execution] = ContextVar("sccr_execution", default=Execution())  # noqa: B039 (frozen, never mutated)
 
 
 def current() -> Execution:

@@ -188,10 +188,19 @@ def sccr_stages(A1: sp.csr_matrix, A2: sp.csr_matrix, A3: sp.csr_matrix, p, chun
 
     def stages(x0: np.ndarray) -> np.ndarray:
         d0 = propagate(A1, x0, p.n_iter, hard=True, chunk=chunk, desc="riding genes: pre-imputation")
-        b = propagate(A2, x0, p.n_iter, hard=True, chunk=chunk, desc="riding genes: refined", blend=(p.alpha, DenseMatrix(d0)))
+        b = propagate(
+            A2, x0, p.n_iter, hard=True, chunk=chunk, desc="riding genes: refined", blend=(p.alpha, DenseMatrix(d0))
+        )
         del d0
         return propagate(
-            A3, x0, p.n_iter, hard=False, beta=p.beta, chunk=chunk, desc="riding genes: denoising", blend=(p.gamma, DenseMatrix(b))
+            A3,
+            x0,
+            p.n_iter,
+            hard=False,
+            beta=p.beta,
+            chunk=chunk,
+            desc="riding genes: denoising",
+            blend=(p.gamma, DenseMatrix(b)),
         )
 
     return stages

@@ -204,9 +204,7 @@ def block_top(
     return cols[rows, order], sims[rows, order]
 
 
-def graph_from_neighbours(
-    indices: np.ndarray, values: np.ndarray, *, sym: bool, norm: str = "row"
-) -> sp.csr_matrix:
+def graph_from_neighbours(indices: np.ndarray, values: np.ndarray, *, sym: bool, norm: str = "row") -> sp.csr_matrix:
     """Sparse propagation graph from top-k lists (steps 3 to 6 of building block 1).
 
     Negative values are clipped to 0 unless the graph is signed (then ``values``
@@ -325,7 +323,9 @@ def _counted(blocks: Iterator, bar) -> Iterator:
         bar.update()
 
 
-def _standardised_gram_blocks(D: Matrix, mean: np.ndarray, scale: np.ndarray, cell_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+def _standardised_gram_blocks(
+    D: Matrix, mean: np.ndarray, scale: np.ndarray, cell_chunk: int
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield the gene-gene cosine matrix of the standardised columns of ``D`` in row blocks.
 
     The cosine of two standardised columns is their Pearson correlation; it is
@@ -409,7 +409,13 @@ def _cross_top(Qn, Rn, m: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def batched_neighbours(
-    M, k: int, batches: np.ndarray, *, mode: str = "balanced", knn: str = "exact", random_state: int | None = 0,
+    M,
+    k: int,
+    batches: np.ndarray,
+    *,
+    mode: str = "balanced",
+    knn: str = "exact",
+    random_state: int | None = 0,
     desc: str = "neighbour search",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Neighbours of every row of ``M`` found batch by batch (``batches``: an integer code per row).
@@ -430,7 +436,9 @@ def batched_neighbours(
     values = np.zeros((n, width), dtype=np.float32)
     normalised = [_row_normalised(M[rows]) for rows in members] if mode == "balanced" else None
     for a, rows in enumerate(members):
-        own_i, own_v = knn_neighbours(M[rows], per_batch - 1, knn=knn, random_state=random_state, desc=f"{desc} (batch {a + 1})")
+        own_i, own_v = knn_neighbours(
+            M[rows], per_batch - 1, knn=knn, random_state=random_state, desc=f"{desc} (batch {a + 1})"
+        )
         parts_i, parts_v = [rows[own_i]], [own_v]
         if mode == "balanced":
             for b, other in enumerate(members):

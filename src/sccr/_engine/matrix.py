@@ -62,7 +62,11 @@ class Matrix:
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start..stop`` as a dense float32 array."""
-        out = [dense(block)[max(0, start - s) : stop - s] for s, block in self.row_blocks() if s < stop and s + block.shape[0] > start]
+        out = [
+            dense(block)[max(0, start - s) : stop - s]
+            for s, block in self.row_blocks()
+            if s < stop and s + block.shape[0] > start
+        ]
         return np.concatenate(out) if out else np.empty((0, self.shape[1]), dtype=np.float32)
 
     def columns(self, start: int, stop: int) -> np.ndarray:
@@ -160,7 +164,9 @@ class StoredInput(Matrix):
     def row_blocks(self, rows: int = ROW_BLOCK) -> Iterator[tuple[int, np.ndarray | sp.csr_matrix]]:
         for row, _, block in self.blocks():
             if self.format == "csc":
-                raise ValueError("a CSC matrix in a file is read in blocks of columns; read it whole or stream it into a scratch file")
+                raise ValueError(
+                    "a CSC matrix in a file is read in blocks of columns; read it whole or stream it into a scratch file"
+                )
             yield row, block
 
 
@@ -204,8 +210,14 @@ class PanelFile(Matrix):
     """
 
     def __init__(
-        self, path: str | os.PathLike, shape: tuple[int, int], width: int = PANEL_WIDTH, *,
-        readonly: bool = False, needed: int | None = None, where: Path | None = None,
+        self,
+        path: str | os.PathLike,
+        shape: tuple[int, int],
+        width: int = PANEL_WIDTH,
+        *,
+        readonly: bool = False,
+        needed: int | None = None,
+        where: Path | None = None,
     ) -> None:
         self.path = Path(path)
         #: The folder named when the disk is full (the scratch folder the user chose, not the private one inside it).
@@ -219,7 +231,9 @@ class PanelFile(Matrix):
             self._fd = os.open(self.path, os.O_RDONLY)
             if os.fstat(self._fd).st_size != size:
                 os.close(self._fd)
-                raise OSError(f"{self.path} holds {os.path.getsize(self.path)} bytes, not the {size} of a {self.shape} matrix")
+                raise OSError(
+                    f"{self.path} holds {os.path.getsize(self.path)} bytes, not the {size} of a {self.shape} matrix"
+                )
         else:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             os.ftruncate(self._fd, size)
@@ -315,7 +329,9 @@ class Workspace:
         else:
             if self._folder is None:
                 self._folder, self._marker = owned_folder(self.scratch_dir)
-            store = PanelFile(self._folder / f"{name}.f32", shape, width, needed=self.scratch_bytes, where=self._folder.parent)
+            store = PanelFile(
+                self._folder / f"{name}.f32", shape, width, needed=self.scratch_bytes, where=self._folder.parent
+            )
         self._stores.append(store)
         return store
 

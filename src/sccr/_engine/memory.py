@@ -121,7 +121,9 @@ def estimate_peak_bytes(
     dense_input = nnz is None
     beside = {
         None: 0,
-        "input": (block + matrix * (2 if input_on_disk else dense_input)) if exact else search_bytes(n, g, streamed=input_on_disk),
+        "input": (block + matrix * (2 if input_on_disk else dense_input))
+        if exact
+        else search_bytes(n, g, streamed=input_on_disk),
         # scBFP's gene graph: a contiguous transposed copy (loaded from the scratch file first) and its normalised copy.
         "transposed": block + 2 * matrix * dense_input,
         # Chunks of up to ROW_BLOCK cells standardised in float32 and float64, with float64
@@ -173,8 +175,17 @@ def estimate_selection_peak_bytes(
     n, g, gg = int(n_cells), int(n_genes), int(n_graph_genes)
     sparse_input = nnz is not None and not input_on_disk
     pipeline = estimate_peak_bytes(
-        n, gg, nnz, method=method, k=k, k_gene=k_gene, n_jobs=n_jobs, out_of_core=out_of_core,
-        output_in_memory=not out_of_core, exact=exact, input_on_disk=input_on_disk,
+        n,
+        gg,
+        nnz,
+        method=method,
+        k=k,
+        k_gene=k_gene,
+        n_jobs=n_jobs,
+        out_of_core=out_of_core,
+        output_in_memory=not out_of_core,
+        exact=exact,
+        input_on_disk=input_on_disk,
     )
     copy = 0 if input_on_disk else (12 * int(nnz) if sparse_input else 4 * n * gg)
     held = 0 if out_of_core else 4 * n * gg
@@ -194,7 +205,12 @@ def _free_bytes(folder) -> int | None:
 
 
 def check_disk(
-    shape: tuple[int, int], n_graph_genes: int | None, options: Options, *, out_of_core: bool, input_on_disk: bool,
+    shape: tuple[int, int],
+    n_graph_genes: int | None,
+    options: Options,
+    *,
+    out_of_core: bool,
+    input_on_disk: bool,
     output_path=None,
 ) -> None:
     """Refuse a run whose dense output layer (an .h5ad file) or scratch files cannot fit on their disks."""
@@ -263,8 +279,14 @@ def _plan_memory(shape, nnz, options, output_in_memory, input_bytes, n_graph_gen
 
     def need(out_of_core: bool, input_on_disk: bool = False, output: bool = output_in_memory) -> int:
         common = dict(
-            method=p.method, k=p.k, k_gene=p.k_gene, n_jobs=p.n_jobs, out_of_core=out_of_core,
-            output_in_memory=output, exact=resolve_knn(p.knn, n) == "exact", input_on_disk=input_on_disk,
+            method=p.method,
+            k=p.k,
+            k_gene=p.k_gene,
+            n_jobs=p.n_jobs,
+            out_of_core=out_of_core,
+            output_in_memory=output,
+            exact=resolve_knn(p.knn, n) == "exact",
+            input_on_disk=input_on_disk,
         )
         if n_graph_genes is not None:
             return (0 if input_on_disk else held) + estimate_selection_peak_bytes(n, g, n_graph_genes, nnz, **common)
@@ -277,7 +299,11 @@ def _plan_memory(shape, nnz, options, output_in_memory, input_bytes, n_graph_gen
     if os.environ.get(SKIP_ENV, "") == "1":
         return steps[-1]
     least = need(*steps[-1])
-    limit = f"the memory budget is {format_size(budget)}" if p.memory_budget is not None else f"{format_size(budget)} is available"
+    limit = (
+        f"the memory budget is {format_size(budget)}"
+        if p.memory_budget is not None
+        else f"{format_size(budget)} is available"
+    )
     if output_in_memory and need(*steps[-1], output=False) <= budget:
         raise InputError(
             f"the imputed layer of {n} cells x {g} genes takes {format_size(4 * n * g)} in memory (dense float32) "

@@ -17,9 +17,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._options import Options
-from .genes import GeneSelection, graph_columns, ride_along, scfp_stages, sccr_stages
+from .genes import GeneSelection, graph_columns, ride_along, sccr_stages, scfp_stages
 from .graph import (
-    batched_neighbours, graph_from_neighbours, knn_graph, knn_neighbours, neighbour_distances, signed_gene_neighbours,
+    batched_neighbours,
+    graph_from_neighbours,
+    knn_graph,
+    knn_neighbours,
+    neighbour_distances,
+    signed_gene_neighbours,
 )
 from .matrix import PANEL_WIDTH, ROW_BLOCK, DenseMatrix, Matrix, PanelFile, SparseMatrix, Workspace, as_matrix
 from .propagation import propagate, propagate_chunks
@@ -164,8 +169,17 @@ def propagate_over_genes(
 
 
 def _propagate_stage(
-    t: _Timer, stage: str, A: sp.csr_matrix, X0: Matrix, p: Options, out: Matrix, *, hard: bool, desc: str,
-    chunk: int, blend: tuple[float, Matrix] | None = None,
+    t: _Timer,
+    stage: str,
+    A: sp.csr_matrix,
+    X0: Matrix,
+    p: Options,
+    out: Matrix,
+    *,
+    hard: bool,
+    desc: str,
+    chunk: int,
+    blend: tuple[float, Matrix] | None = None,
 ) -> Matrix:
     with t.stage(stage):
         propagate(A, X0, p.n_iter, hard=hard, beta=p.beta, chunk=chunk, desc=desc, out=out, blend=blend)
@@ -263,7 +277,9 @@ def _sccr_knn_1(r: _Run) -> None:
 
 def _sccr_hard_fp_1(r: _Run) -> None:
     D0 = r.ws.new("D0", r.X.shape, r.chunk)
-    r.state["D0"] = _propagate_stage(r.t, "hard_fp_1", r["A1"], r.X, r.p, D0, hard=True, desc="pre-imputation", chunk=r.chunk)
+    r.state["D0"] = _propagate_stage(
+        r.t, "hard_fp_1", r["A1"], r.X, r.p, D0, hard=True, desc="pre-imputation", chunk=r.chunk
+    )
 
 
 def _sccr_gene_graph(r: _Run) -> None:
@@ -277,7 +293,9 @@ def _sccr_gene_graph(r: _Run) -> None:
 
 def _sccr_gene_fp(r: _Run) -> None:
     with r.t.stage("gene_fp"):
-        C = propagate_over_genes(r["S"], r["D0"], r.X, r["mean"], r["std"], r.p.n_iter, out=r.ws.new("C", r.X.shape, r.chunk))
+        C = propagate_over_genes(
+            r["S"], r["D0"], r.X, r["mean"], r["std"], r.p.n_iter, out=r.ws.new("C", r.X.shape, r.chunk)
+        )
     r.t.work["gene_fp"] = int(r["S"].nnz) * r.X.shape[0] * r.p.n_iter
     r.state["C"] = C
 
@@ -291,18 +309,30 @@ def _sccr_knn_2(r: _Run) -> None:
 def _sccr_hard_fp_2(r: _Run) -> None:
     # Step 4, fused into the store of each chunk: B = (1 - alpha) * D1 + alpha * D0.
     r.state["B"] = _propagate_stage(
-        r.t, "hard_fp_2", r["A2"], r.X, r.p, r.ws.new("B", r.X.shape, r.chunk), hard=True,
-        desc="refined propagation", chunk=r.chunk, blend=(r.p.alpha, r["D0"]),
+        r.t,
+        "hard_fp_2",
+        r["A2"],
+        r.X,
+        r.p,
+        r.ws.new("B", r.X.shape, r.chunk),
+        hard=True,
+        desc="refined propagation",
+        chunk=r.chunk,
+        blend=(r.p.alpha, r["D0"]),
     )
 
 
 def _sccr_knn_3(r: _Run) -> None:
-    r.state["A3"], r.state["distances"] = _final_knn_stage(r.t, "knn_cells_3", r["B"], r.p, desc="cell graph 3", batches=r.batches)
+    r.state["A3"], r.state["distances"] = _final_knn_stage(
+        r.t, "knn_cells_3", r["B"], r.p, desc="cell graph 3", batches=r.batches
+    )
 
 
 def _sccr_soft_fp(r: _Run) -> Result:
     # Step 6, fused likewise: output = (1 - gamma) * F + gamma * B.
-    _propagate_stage(r.t, "soft_fp", r["A3"], r.X, r.p, r.out, hard=False, desc="denoising", chunk=r.chunk, blend=(r.p.gamma, r["B"]))
+    _propagate_stage(
+        r.t, "soft_fp", r["A3"], r.X, r.p, r.out, hard=False, desc="denoising", chunk=r.chunk, blend=(r.p.gamma, r["B"])
+    )
     return Result(r.out, r["A3"], r["distances"], r["S"], r["R"], r.t.timings, r.t.work)
 
 
@@ -310,7 +340,9 @@ def _sccr_soft_fp(r: _Run) -> Result:
 
 
 def _scfp_knn_2(r: _Run) -> None:
-    r.state["A2"], r.state["distances"] = _final_knn_stage(r.t, "knn_cells_2", r["D0"], r.p, desc="cell graph 2", batches=r.batches)
+    r.state["A2"], r.state["distances"] = _final_knn_stage(
+        r.t, "knn_cells_2", r["D0"], r.p, desc="cell graph 2", batches=r.batches
+    )
 
 
 def _scfp_soft_fp(r: _Run) -> Result:
@@ -341,7 +373,9 @@ def _scbfp_gene_fp(r: _Run) -> None:
 
 
 def _scbfp_knn(r: _Run) -> None:
-    r.state["A"], r.state["distances"] = _final_knn_stage(r.t, "knn_cells_1", r["Dg"], r.p, desc="cell graph", batches=r.batches)
+    r.state["A"], r.state["distances"] = _final_knn_stage(
+        r.t, "knn_cells_1", r["Dg"], r.p, desc="cell graph", batches=r.batches
+    )
 
 
 def _scbfp_soft_fp(r: _Run) -> Result:
@@ -406,14 +440,23 @@ def _run_method(r: _Run, checkpoint=None) -> Result:
             _drop(r, stage.keep)
             if checkpoint is not None:
                 with t.stage("checkpoint"):
-                    checkpoint.save(stage.name, dict(r.state), {k: v for k, v in t.timings.items() if k != "checkpoint"}, t.work)
+                    checkpoint.save(
+                        stage.name, dict(r.state), {k: v for k, v in t.timings.items() if k != "checkpoint"}, t.work
+                    )
     _drop(r, ())
     return result
 
 
 def run_stages(
-    X, p: Options, *, workspace: Workspace | None = None, out: Matrix | None = None, chunk: int = PANEL_WIDTH,
-    genes: GeneSelection | None = None, batches: Batches | None = None, checkpoint=None,
+    X,
+    p: Options,
+    *,
+    workspace: Workspace | None = None,
+    out: Matrix | None = None,
+    chunk: int = PANEL_WIDTH,
+    genes: GeneSelection | None = None,
+    batches: Batches | None = None,
+    checkpoint=None,
 ) -> Result:
     """Impute validated ``X`` (cells x genes, float32: dense, CSR, or a :class:`~.matrix.Matrix`) with ``p.method``.
 

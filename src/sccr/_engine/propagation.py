@@ -135,7 +135,9 @@ def propagate_chunks(
 
     with execution.bar(desc, n_chunks, unit="chunk") as bar:
         if execution.remote is not None:
-            for _ in execution.remote.propagate(A, n_chunks, load_reordered, store_reordered, n_iter=n_iter, hard=hard, beta=beta):
+            for _ in execution.remote.propagate(
+                A, n_chunks, load_reordered, store_reordered, n_iter=n_iter, hard=hard, beta=beta
+            ):
                 bar.update()
         elif execution.n_jobs <= 1 or n_chunks == 1:
             for i in range(n_chunks):
@@ -193,6 +195,13 @@ def propagate(
         target.write_columns(starts[i], block)
 
     propagate_chunks(
-        A, len(starts), load, store, n_iter=n_iter, hard=hard, beta=beta, desc=desc,
+        A,
+        len(starts),
+        load,
+        store,
+        n_iter=n_iter,
+        hard=hard,
+        beta=beta,
+        desc=desc,
     )
     return target.array if out is None else target

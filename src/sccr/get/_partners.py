@@ -62,7 +62,9 @@ def gene_partners(
         raise InputError(f"n must be a positive integer, got {n!r}")
     graph, correlations, record = _gene_graph(adata, key)
     if gene not in adata.var_names:
-        raise InputError(f"gene {gene!r} not found in adata.var_names; pass one of its names (e.g. {adata.var_names[0]!r})")
+        raise InputError(
+            f"gene {gene!r} not found in adata.var_names; pass one of its names (e.g. {adata.var_names[0]!r})"
+        )
     g = adata.var_names.get_loc(gene)
     row = graph[g]
     partners, weights = row.indices, row.data
@@ -77,15 +79,17 @@ def gene_partners(
     layer = record.get("params", {}).get("layer")
     X = adata.X if layer is None else adata.layers[layer]
     observed = np.asarray((X != 0).sum(axis=0)).ravel()
-    table = pd.DataFrame({
-        "gene": gene,
-        "partner": adata.var_names[partners],
-        "sign": np.where(weights > 0, "associating", "dissociating"),
-        "weight": weights.astype(np.float64),
-        "correlation": corr.astype(np.float64),
-        "partner_cells": observed[partners].astype(np.int64),
-        "gene_cells": int(observed[g]),
-    })
+    table = pd.DataFrame(
+        {
+            "gene": gene,
+            "partner": adata.var_names[partners],
+            "sign": np.where(weights > 0, "associating", "dissociating"),
+            "weight": weights.astype(np.float64),
+            "correlation": corr.astype(np.float64),
+            "partner_cells": observed[partners].astype(np.int64),
+            "gene_cells": int(observed[g]),
+        }
+    )
     if sign is not None:
         table = table[table["sign"] == sign]
     order = np.argsort(-np.abs(table["weight"].to_numpy()), kind="stable")

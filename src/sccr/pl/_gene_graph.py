@@ -66,17 +66,30 @@ def gene_graph(
         if len(axes) != len(genes):
             raise InputError(f"got {len(axes)} axes for {len(genes)} genes; pass one Axes per gene")
         fig = axes[0].figure
-    for axis, gene, table in zip(axes, genes, tables):
+    for axis, gene, table in zip(axes, genes, tables, strict=True):
         angles = np.linspace(0, 2 * np.pi, max(len(table), 1), endpoint=False) + np.pi / 2
         largest = float(np.abs(table["weight"]).max()) if len(table) else 1.0
-        for angle, row in zip(angles, table.itertuples()):
+        for angle, row in zip(angles, table.itertuples(), strict=True):
             x, y = np.cos(angle), np.sin(angle)
             axis.plot([0, x], [0, y], color=COLOURS[row.sign], linewidth=0.5 + 4 * abs(row.weight) / largest, zorder=1)
             label = row.partner if np.isnan(row.correlation) else f"{row.partner}\nr={row.correlation:+.2f}"
-            axis.annotate(label, (x, y), ha="center", va="center", fontsize=7,
-                          bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": COLOURS[row.sign], "lw": 0.8})
-        axis.annotate(gene, (0, 0), ha="center", va="center", fontsize=9, fontweight="bold",
-                      bbox={"boxstyle": "round,pad=0.3", "fc": "#eeeeee", "ec": "black"})
+            axis.annotate(
+                label,
+                (x, y),
+                ha="center",
+                va="center",
+                fontsize=7,
+                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": COLOURS[row.sign], "lw": 0.8},
+            )
+        axis.annotate(
+            gene,
+            (0, 0),
+            ha="center",
+            va="center",
+            fontsize=9,
+            fontweight="bold",
+            bbox={"boxstyle": "round,pad=0.3", "fc": "#eeeeee", "ec": "black"},
+        )
         if not len(table):
             axis.set_title(f"{gene}: no partners", fontsize=9)
         axis.set_xlim(-1.45, 1.45)

@@ -64,13 +64,16 @@ def tune_curves(data, *, key: str = "sccr_tune", score: str = "score", save: str
     table = _tune_table(data, key)
     imputed = table[table["method"] != "none"]
     none = table.loc[table["method"] == "none", score]
-    options = [c for c in ("method", "beta", "gamma", "n_iter", "k", "k_gene", "alpha", "sym_final", "knn")
-               if c in imputed.columns and imputed[c].dropna().astype(str).nunique() > 1]
+    options = [
+        c
+        for c in ("method", "beta", "gamma", "n_iter", "k", "k_gene", "alpha", "sym_final", "knn")
+        if c in imputed.columns and imputed[c].dropna().astype(str).nunique() > 1
+    ]
     options = options or ["method"]
     fig = Figure(figsize=(3.2 * len(options), 3.2), layout="constrained")
     axes = fig.subplots(1, len(options), squeeze=False)[0]
     best = table.iloc[0]
-    for ax, option in zip(axes, options):
+    for ax, option in zip(axes, options, strict=True):
         rows = imputed.dropna(subset=[option])
         values = sorted(rows[option].unique(), key=lambda v: (isinstance(v, str), v))
         positions = {v: i for i, v in enumerate(values)}
@@ -82,7 +85,15 @@ def tune_curves(data, *, key: str = "sccr_tune", score: str = "score", save: str
         if len(none):
             ax.axhline(float(none.iloc[0]), ls="--", color="C3", label="no imputation")
         if best["method"] != "none" and option in best and best[option] == best[option]:
-            ax.scatter([positions.get(best[option], np.nan)], [best[score]], marker="*", s=160, color="C1", zorder=4, label="best")
+            ax.scatter(
+                [positions.get(best[option], np.nan)],
+                [best[score]],
+                marker="*",
+                s=160,
+                color="C1",
+                zorder=4,
+                label="best",
+            )
         ax.set_xticks(range(len(values)), [f"{v:g}" if numeric else str(v) for v in values])
         ax.set_xlabel(option)
         ax.set_ylabel(f"{score} (lower is better)")
@@ -96,7 +107,9 @@ def _embedding(adata, basis: str | None) -> tuple[np.ndarray, str]:
 
     if basis is not None:
         if basis not in adata.obsm:
-            raise InputError(f"basis {basis!r} not in adata.obsm (available: {', '.join(adata.obsm.keys()) or 'none'}); pass one of them or basis=None")
+            raise InputError(
+                f"basis {basis!r} not in adata.obsm (available: {', '.join(adata.obsm.keys()) or 'none'}); pass one of them or basis=None"
+            )
         return np.asarray(adata.obsm[basis])[:, :2], basis
     for name in ("X_umap", "X_tsne", "X_pca"):
         if name in adata.obsm:
@@ -110,8 +123,13 @@ def _embedding(adata, basis: str | None) -> tuple[np.ndarray, str]:
 
 
 def stability_cells(
-    adata, *, key: str = "sccr_stability", color: str = "max_change", basis: str | None = None,
-    ax=None, save: str | os.PathLike | None = None,
+    adata,
+    *,
+    key: str = "sccr_stability",
+    color: str = "max_change",
+    basis: str | None = None,
+    ax=None,
+    save: str | os.PathLike | None = None,
 ):
     """Per-cell stability (:func:`sccr.tl.stability`) on an embedding.
 
@@ -182,8 +200,13 @@ def null_correlations(data, *, key: str = "sccr_null", ax=None, save: str | os.P
     for name, colour in (("real", "C0"), ("null", "C3")):
         counts = np.asarray(result[name]["histogram"], dtype=float)
         share = counts / max(counts.sum(), 1)
-        ax.stairs(share, bins, color=colour, label=f"{name}: {result[name]['associating']} > {result['threshold']:g}, "
-                  f"{result[name]['dissociating']} < -{result['threshold']:g}")
+        ax.stairs(
+            share,
+            bins,
+            color=colour,
+            label=f"{name}: {result[name]['associating']} > {result['threshold']:g}, "
+            f"{result[name]['dissociating']} < -{result['threshold']:g}",
+        )
     for t in (-result["threshold"], result["threshold"]):
         ax.axvline(t, ls=":", color="0.4")
     ax.set_yscale("log")

@@ -79,9 +79,17 @@ def diagnose(
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
     table = tune(
-        adata, grid=grid, strategy=strategy, layer=layer, counts_layer=counts_layer, random_state=random_state,
-        n_jobs=n_jobs, max_imputations=max_imputations, checkpoint=None if folder is None else folder / "tune.jsonl",
-        progress=progress, echo=echo,
+        adata,
+        grid=grid,
+        strategy=strategy,
+        layer=layer,
+        counts_layer=counts_layer,
+        random_state=random_state,
+        n_jobs=n_jobs,
+        max_imputations=max_imputations,
+        checkpoint=None if folder is None else folder / "tune.jsonl",
+        progress=progress,
+        echo=echo,
     )
     info = adata.uns["sccr_tune"]
     best = dict(info["best"])
@@ -99,17 +107,38 @@ def diagnose(
     stab = null = None
     if checked is not None:
         method, params = checked["method"], {k: v for k, v in checked.items() if k != "method"}
-        stab = stability(adata, n_runs=n_runs, random_state=random_state, method=method, params=params,
-                         layer=layer, n_jobs=n_jobs, progress=progress)
+        stab = stability(
+            adata,
+            n_runs=n_runs,
+            random_state=random_state,
+            method=method,
+            params=params,
+            layer=layer,
+            n_jobs=n_jobs,
+            progress=progress,
+        )
         say(stab["message"])
-        null = null_check(adata, method=method, params=params, layer=layer, random_state=random_state,
-                          n_jobs=n_jobs, threshold=null_threshold)
+        null = null_check(
+            adata,
+            method=method,
+            params=params,
+            layer=layer,
+            random_state=random_state,
+            n_jobs=n_jobs,
+            threshold=null_threshold,
+        )
     result = {
-        "answer": answer, "best": best, "checked": checked, "improvement": improvement,
-        "none_score": none_score, "best_score": best_score, "strategy": info["config"]["strategy"],
+        "answer": answer,
+        "best": best,
+        "checked": checked,
+        "improvement": improvement,
+        "none_score": none_score,
+        "best_score": best_score,
+        "strategy": info["config"]["strategy"],
         "tune": {"cost": dict(info["cost"]), "rows": table.to_dict(orient="records")},
         "stability": None if stab is None else {k: v for k, v in stab.items() if k != "runs_imputed"},
-        "null": null, "seconds": 0.0,
+        "null": null,
+        "seconds": 0.0,
     }
     result["seconds"] = time.perf_counter() - start
     figure_files = {}
@@ -178,27 +207,43 @@ def report_text(result: Mapping[str, Any], *, figures: Mapping[str, str]) -> str
     lines += ["## Should I impute this data?", ""]
     what = "molecular cross-validation (MCV MSE)" if result["strategy"] == "mcv" else "masked-entry recovery (RMSE)"
     if answer == "do not impute":
-        lines.append(f"**No.** No imputation scores best on {what}: {result['none_score']:.5g} against "
-                     f"{_best_imputing_score(result):.5g} for the best imputation tried.")
+        lines.append(
+            f"**No.** No imputation scores best on {what}: {result['none_score']:.5g} against "
+            f"{_best_imputing_score(result):.5g} for the best imputation tried."
+        )
     elif answer == "marginal":
-        lines.append(f"**Marginal.** The best setting scores {pct:.1f}% better than no imputation on {what} "
-                     f"({result['best_score']:.5g} against {result['none_score']:.5g}); downstream results may not change.")
+        lines.append(
+            f"**Marginal.** The best setting scores {pct:.1f}% better than no imputation on {what} "
+            f"({result['best_score']:.5g} against {result['none_score']:.5g}); downstream results may not change."
+        )
     else:
-        lines.append(f"**Yes.** The best setting scores {pct:.1f}% better than no imputation on {what} "
-                     f"({result['best_score']:.5g} against {result['none_score']:.5g}).")
+        lines.append(
+            f"**Yes.** The best setting scores {pct:.1f}% better than no imputation on {what} "
+            f"({result['best_score']:.5g} against {result['none_score']:.5g})."
+        )
     if result["strategy"] == "mask":
-        lines.append("Without raw counts this is masked-entry recovery, which favours imputation by design "
-                     "(held-out entries are 0 without it); pass the raw counts for a fair comparison with no imputation.")
+        lines.append(
+            "Without raw counts this is masked-entry recovery, which favours imputation by design "
+            "(held-out entries are 0 without it); pass the raw counts for a fair comparison with no imputation."
+        )
     lines += ["", "This is a label-free score of how well each setting predicts held-out data, not of clustering.", ""]
     lines += ["## With which settings?", ""]
     if best["method"] == "none":
-        lines.append("Keep the data as it is. If you impute anyway, the best setting tried is "
-                     f"`sccr.impute(adata, {_kwargs(checked)})`.")
+        lines.append(
+            "Keep the data as it is. If you impute anyway, the best setting tried is "
+            f"`sccr.impute(adata, {_kwargs(checked)})`."
+        )
     else:
         lines.append(f"`sccr.impute(adata, {_kwargs(best)})`")
     cost = result["tune"]["cost"]
-    lines += ["", (f"{len(result['tune']['rows'])} settings scored ({cost['search']} search, {cost['imputations']} imputations, "
-                   f"{cost['seconds']:.0f} s); best five:"), ""]
+    lines += [
+        "",
+        (
+            f"{len(result['tune']['rows'])} settings scored ({cost['search']} search, {cost['imputations']} imputations, "
+            f"{cost['seconds']:.0f} s); best five:"
+        ),
+        "",
+    ]
     rows = result["tune"]["rows"][:5]
     lines += ["| setting | score |", "|---|---|"] + [f"| {r['setting']} | {r['score']:.5g} |" for r in rows]
     if "tune" in figures:
@@ -210,32 +255,41 @@ def report_text(result: Mapping[str, Any], *, figures: Mapping[str, str]) -> str
     else:
         lines.append(f"Checked setting: `{_kwargs(checked)}`.")
         lines += ["", f"**Stability.** {stab['message'][0].upper() + stab['message'][1:]}.", ""]
-        lines.append(f"Over {stab['n_runs']} reruns ({', '.join(stab['perturbations'])}): "
-                     f"{100 * stab['cells_neighbours_changed']:.1f}% of the cells changed final neighbours, "
-                     f"imputed values moved by up to {stab['max_change']:.3g} (mean {stab['mean_abs_change']:.2g}), "
-                     f"KMeans ({stab['n_clusters']} clusters) agreed with the reference at ARI {stab['ari_min']:.3f} "
-                     f"to {max(r['ari'] for r in stab['runs']):.3f}. "
-                     "Per cell: `obs['sccr_stability_max_change']`, `obs['sccr_stability_neighbours_changed']`.")
+        lines.append(
+            f"Over {stab['n_runs']} reruns ({', '.join(stab['perturbations'])}): "
+            f"{100 * stab['cells_neighbours_changed']:.1f}% of the cells changed final neighbours, "
+            f"imputed values moved by up to {stab['max_change']:.3g} (mean {stab['mean_abs_change']:.2g}), "
+            f"KMeans ({stab['n_clusters']} clusters) agreed with the reference at ARI {stab['ari_min']:.3f} "
+            f"to {max(r['ari'] for r in stab['runs']):.3f}. "
+            "Per cell: `obs['sccr_stability_max_change']`, `obs['sccr_stability_neighbours_changed']`."
+        )
         if "stability" in figures:
             lines += ["", f"![stability per cell]({figures['stability']})"]
         t = null["threshold"]
-        lines += ["", (
-            "**Spurious structure (permutation null).** "
-            "After imputing data whose genes were shuffled independently (no real gene-gene structure), "
-            f"{null['null']['associating']} gene pairs correlate above {t:g} and {null['null']['dissociating']} below -{t:g}; "
-            f"on the real data {null['real']['associating']} and {null['real']['dissociating']}."
-        )]
+        lines += [
+            "",
+            (
+                "**Spurious structure (permutation null).** "
+                "After imputing data whose genes were shuffled independently (no real gene-gene structure), "
+                f"{null['null']['associating']} gene pairs correlate above {t:g} and {null['null']['dissociating']} below -{t:g}; "
+                f"on the real data {null['real']['associating']} and {null['real']['dissociating']}."
+            ),
+        ]
         if null["null"]["associating"] + null["null"]["dissociating"] > 0:
-            lines.append("Correlations of that size after imputation are therefore not evidence by themselves: "
-                         "compare them with the null distribution, not with 0.")
+            lines.append(
+                "Correlations of that size after imputation are therefore not evidence by themselves: "
+                "compare them with the null distribution, not with 0."
+            )
         else:
             lines.append("Imputation creates no correlation of that size from nothing here.")
         if "edges" in null:
             e = null["edges"]
-            lines.append(f"Gene graph: {e['associating']['n_survive']} of {e['associating']['n_edges']} associating and "
-                         f"{e['dissociating']['n_survive']} of {e['dissociating']['n_edges']} dissociating edges are stronger "
-                         f"after imputation than {100 * null['quantile']:g}% of the same kind of edges built on the null; "
-                         "treat the others as possibly spurious.")
+            lines.append(
+                f"Gene graph: {e['associating']['n_survive']} of {e['associating']['n_edges']} associating and "
+                f"{e['dissociating']['n_survive']} of {e['dissociating']['n_edges']} dissociating edges are stronger "
+                f"after imputation than {100 * null['quantile']:g}% of the same kind of edges built on the null; "
+                "treat the others as possibly spurious."
+            )
         if "null" in figures:
             lines += ["", f"![null against real correlations]({figures['null']})"]
     lines += ["", f"_sccr diagnose, {result['seconds']:.0f} s. Method and caveats: docs/trust.md._", ""]
@@ -247,7 +301,9 @@ def _best_imputing_score(result) -> float:
     return min(scores) if scores else float("nan")
 
 
-def write_report(result: Mapping[str, Any], path: str | os.PathLike, *, figures: Mapping[str, str] | None = None) -> str:
+def write_report(
+    result: Mapping[str, Any], path: str | os.PathLike, *, figures: Mapping[str, str] | None = None
+) -> str:
     """Write :func:`report_text` to ``path`` and return it."""
     text = report_text(result, figures=figures or {})
     Path(path).write_text(text)
@@ -259,15 +315,42 @@ def write_report(result: Mapping[str, Any], path: str | os.PathLike, *, figures:
 
 
 def _add_common(p) -> None:
-    p.add_argument("input", metavar="INPUT", help="an .h5ad file or .zarr store: raw counts, or log-normalised with raw counts in a layer")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing; a rerun resumes from DIR/tune.jsonl)")
+    p.add_argument(
+        "input",
+        metavar="INPUT",
+        help="an .h5ad file or .zarr store: raw counts, or log-normalised with raw counts in a layer",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder (created if missing; a rerun resumes from DIR/tune.jsonl)",
+    )
     p.add_argument("--layer", default=None, help="layer of log-normalised expression instead of X")
-    p.add_argument("--counts-layer", default=None, help="layer of raw counts (default: X when it holds counts, else layers['counts'])")
-    p.add_argument("--preprocess", default="auto", choices=["auto", "paper", "none"],
-                   help="'paper': INPUT holds raw counts, apply the paper's preprocessing first; 'auto' (default): do so when X holds whole numbers; 'none': use INPUT as it is")
+    p.add_argument(
+        "--counts-layer",
+        default=None,
+        help="layer of raw counts (default: X when it holds counts, else layers['counts'])",
+    )
+    p.add_argument(
+        "--preprocess",
+        default="auto",
+        choices=["auto", "paper", "none"],
+        help="'paper': INPUT holds raw counts, apply the paper's preprocessing first; 'auto' (default): do so when X holds whole numbers; 'none': use INPUT as it is",
+    )
     p.add_argument("--n-top-genes", type=int, default=2000, help="genes kept by the preprocessing (default: 2000)")
-    p.add_argument("--strategy", default="auto", choices=["auto", "mcv", "mask"], help="scoring: molecular cross-validation, masked entries, or auto (MCV when counts exist)")
-    p.add_argument("--grid", default=None, metavar="JSON", help='grid as JSON, e.g. \'{"k": [5, 15], "beta": [0.9, 0.99]}\' (default: the documented grid)')
+    p.add_argument(
+        "--strategy",
+        default="auto",
+        choices=["auto", "mcv", "mask"],
+        help="scoring: molecular cross-validation, masked entries, or auto (MCV when counts exist)",
+    )
+    p.add_argument(
+        "--grid",
+        default=None,
+        metavar="JSON",
+        help='grid as JSON, e.g. \'{"k": [5, 15], "beta": [0.9, 0.99]}\' (default: the documented grid)',
+    )
     p.add_argument("--max-imputations", type=int, default=16, help="budget of the coordinate search (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--n-jobs", type=int, default=None, help="threads (default: all cores)")
@@ -280,32 +363,41 @@ def add_cli(subparsers) -> None:
     Each parser gets ``handler`` as a default (``args.handler(args)`` runs the command).
     """
     p = subparsers.add_parser(
-        "tune", help="choose imputation settings without labels",
+        "tune",
+        help="choose imputation settings without labels",
         description="Score a grid of imputation settings on INPUT without labels (molecular cross-validation when raw "
         "counts are available, else masked entries) and write DIR/tune.csv (best first), DIR/best.json (keyword "
-        "arguments for sccr.impute, or {\"method\": \"none\"}) and DIR/tune.jsonl (a rerun resumes from it).",
+        'arguments for sccr.impute, or {"method": "none"}) and DIR/tune.jsonl (a rerun resumes from it).',
     )
     _add_common(p)
-    p.add_argument("--search", default="auto", choices=["auto", "grid", "coordinate"], help="whole grid, coordinate search, or auto (default)")
+    p.add_argument(
+        "--search",
+        default="auto",
+        choices=["auto", "grid", "coordinate"],
+        help="whole grid, coordinate search, or auto (default)",
+    )
     p.set_defaults(handler=tune_command)
     p = subparsers.add_parser(
-        "diagnose", help="should I impute, with which settings, which results can I trust?",
+        "diagnose",
+        help="should I impute, with which settings, which results can I trust?",
         description="Tune (as sccr tune), then rerun the best setting under perturbations that should not matter and "
         "impute a permutation null; write DIR/report.md with figures in DIR/figures/, DIR/tune.csv and DIR/diagnose.json.",
     )
     _add_common(p)
     p.add_argument("--n-runs", type=int, default=5, help="perturbed reruns for the stability check (default: 5)")
-    p.add_argument("--null-threshold", type=float, default=0.5, help="correlation threshold of the null check (default: 0.5)")
+    p.add_argument(
+        "--null-threshold", type=float, default=0.5, help="correlation threshold of the null check (default: 0.5)"
+    )
     p.add_argument("--no-figures", action="store_true", help="write the report without figures")
     p.set_defaults(handler=diagnose_command)
 
 
 def _load(args):
     """Read INPUT and preprocess it as asked; returns ``(adata, layer, counts_layer)``."""
-    from .._io import read_anndata
-    from .._preprocess import preprocess_paper
     from .._adata import get_matrix
     from .._errors import InputError
+    from .._io import read_anndata
+    from .._preprocess import preprocess_paper
     from ._score import _whole_numbers
 
     if not os.path.exists(args.input):
@@ -315,7 +407,9 @@ def _load(args):
     counts_in_x = _whole_numbers(get_matrix(adata, layer if args.preprocess == "none" else None))
     if args.preprocess == "paper" or (args.preprocess == "auto" and layer is None and counts_in_x):
         if not counts_in_x and args.preprocess == "paper":
-            raise InputError("--preprocess paper needs raw counts in X; pass --preprocess none for log-normalised input")
+            raise InputError(
+                "--preprocess paper needs raw counts in X; pass --preprocess none for log-normalised input"
+            )
         adata = preprocess_paper(adata, n_top_genes=args.n_top_genes)
         layer, counts_layer = None, "counts"
     return adata, layer, counts_layer
@@ -349,9 +443,18 @@ def tune_command(args) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     echo = _echo(args)
     table = tune(
-        adata, grid=grid, strategy=args.strategy, layer=layer, counts_layer=counts_layer, random_state=args.seed,
-        n_jobs=args.n_jobs, search=args.search, max_imputations=args.max_imputations,
-        checkpoint=folder / "tune.jsonl", progress=False if args.quiet else None, echo=echo,
+        adata,
+        grid=grid,
+        strategy=args.strategy,
+        layer=layer,
+        counts_layer=counts_layer,
+        random_state=args.seed,
+        n_jobs=args.n_jobs,
+        search=args.search,
+        max_imputations=args.max_imputations,
+        checkpoint=folder / "tune.jsonl",
+        progress=False if args.quiet else None,
+        echo=echo,
     )
     table.to_csv(folder / "tune.csv", index=False)
     best = _jsonable(dict(adata.uns["sccr_tune"]["best"]))
@@ -365,9 +468,19 @@ def diagnose_command(args) -> None:
     adata, layer, counts_layer = _load(args)
     echo = _echo(args)
     result = diagnose(
-        adata, out=args.out, grid=grid, strategy=args.strategy, layer=layer, counts_layer=counts_layer,
-        random_state=args.seed, n_jobs=args.n_jobs, n_runs=args.n_runs, null_threshold=args.null_threshold,
-        max_imputations=args.max_imputations, figures=not args.no_figures,
-        progress=False if args.quiet else None, echo=echo,
+        adata,
+        out=args.out,
+        grid=grid,
+        strategy=args.strategy,
+        layer=layer,
+        counts_layer=counts_layer,
+        random_state=args.seed,
+        n_jobs=args.n_jobs,
+        n_runs=args.n_runs,
+        null_threshold=args.null_threshold,
+        max_imputations=args.max_imputations,
+        figures=not args.no_figures,
+        progress=False if args.quiet else None,
+        echo=echo,
     )
     echo(f"answer: {result['answer']}; wrote {Path(args.out) / 'report.md'}")

@@ -66,7 +66,9 @@ def check_params(method, params: Mapping[str, Any] | None) -> dict[str, Any]:
     if params is None:
         return {}
     if not isinstance(params, Mapping):
-        raise InputError(f"params must be a dict of imputation options such as {{'k': 10}}, got {type(params).__name__}")
+        raise InputError(
+            f"params must be a dict of imputation options such as {{'k': 10}}, got {type(params).__name__}"
+        )
     unknown = [key for key in params if key not in PARAM_KEYS]
     if unknown:
         raise InputError(
@@ -115,7 +117,11 @@ def resolve_counts(adata, *, layer: str | None, counts_layer: str | None) -> tup
     X = get_matrix(adata, layer)
     if _whole_numbers(X):
         return X, "X" if layer is None else f"layers[{layer!r}]"
-    if "counts" in adata.layers and adata.layers["counts"].shape == adata.shape and _whole_numbers(adata.layers["counts"]):
+    if (
+        "counts" in adata.layers
+        and adata.layers["counts"].shape == adata.shape
+        and _whole_numbers(adata.layers["counts"])
+    ):
         return adata.layers["counts"], "layers['counts']"
     return None, None
 
@@ -332,8 +338,8 @@ def impute_matrix(X, method, params: Mapping[str, Any], *, random_state: int | N
         return np.asarray(method(X), dtype=np.float32)
     if method == "none":
         return X.toarray() if sp.issparse(X) else np.array(X, dtype=np.float32)
-    from .._estimator import SCCR
     from .._errors import InputWarning
+    from .._estimator import SCCR
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InputWarning)  # genes or cells left empty by a split or mask
@@ -350,14 +356,24 @@ class Scorer:
     """
 
     def __init__(
-        self, adata, *, strategy: str = "auto", layer: str | None = None, counts_layer: str | None = None,
-        random_state: int | None = 0, n_jobs: int | None = None, split: float = DEFAULT_SPLIT, mask_rate: float = 0.1,
+        self,
+        adata,
+        *,
+        strategy: str = "auto",
+        layer: str | None = None,
+        counts_layer: str | None = None,
+        random_state: int | None = 0,
+        n_jobs: int | None = None,
+        split: float = DEFAULT_SPLIT,
+        mask_rate: float = 0.1,
     ) -> None:
         from .._options import _check_fraction, _check_seed
 
         self.random_state = _check_seed(random_state)
         self.n_jobs = n_jobs
-        counts, source = resolve_counts(adata, layer=layer, counts_layer=counts_layer) if strategy != "mask" else (None, None)
+        counts, source = (
+            resolve_counts(adata, layer=layer, counts_layer=counts_layer) if strategy != "mask" else (None, None)
+        )
         self.strategy = resolve_strategy(strategy, counts)
         self.counts_source = source
         if self.strategy == "mcv":
@@ -404,7 +420,10 @@ class Scorer:
             return o1 + np.float32((gamma - g1) / (g2 - g1)) * (o2 - o1)
         out = self._impute(method, params)
         outputs[gamma] = out
-        while sum(o.nbytes for group in self._cache.values() for o in group.values()) > self.cache_bytes and len(self._cache) > 1:
+        while (
+            sum(o.nbytes for group in self._cache.values() for o in group.values()) > self.cache_bytes
+            and len(self._cache) > 1
+        ):
             self._cache.pop(next(iter(self._cache)))
         return out
 
@@ -485,13 +504,21 @@ def score(
     params = check_params(method, params)
     start = time.perf_counter()
     scorer = Scorer(
-        adata, strategy=strategy, layer=layer, counts_layer=counts_layer,
-        random_state=random_state, n_jobs=n_jobs, split=split, mask_rate=mask_rate,
+        adata,
+        strategy=strategy,
+        layer=layer,
+        counts_layer=counts_layer,
+        random_state=random_state,
+        n_jobs=n_jobs,
+        split=split,
+        mask_rate=mask_rate,
     )
     result = scorer.evaluate(method, params)
     result.update(
         method=method if isinstance(method, str) else getattr(method, "__name__", "callable"),
-        params=params, **scorer.config, seconds=time.perf_counter() - start,
+        params=params,
+        **scorer.config,
+        seconds=time.perf_counter() - start,
     )
     if null:
         if not isinstance(method, str):
@@ -499,8 +526,14 @@ def score(
 
             raise InputError("null=True needs a method name, not a function; pass method='sccr', 'scfp' or 'scbfp'")
         result["null"] = null_check(
-            adata, method=method, params=params, layer=layer, random_state=random_state,
-            n_jobs=n_jobs, threshold=null_threshold, key_added=None,
+            adata,
+            method=method,
+            params=params,
+            layer=layer,
+            random_state=random_state,
+            n_jobs=n_jobs,
+            threshold=null_threshold,
+            key_added=None,
         )
     return result
 
@@ -558,7 +591,9 @@ def _pair_summary(C: np.ndarray, threshold: float, bins: np.ndarray) -> dict[str
         "associating": int((upper > threshold).sum()),
         "dissociating": int((upper < -threshold).sum()),
         "histogram": np.histogram(upper, bins=bins)[0].tolist(),
-        "quantiles": {str(q): float(np.quantile(upper, q)) for q in (0.001, 0.01, 0.5, 0.99, 0.999)} if upper.size else {},
+        "quantiles": {str(q): float(np.quantile(upper, q)) for q in (0.001, 0.01, 0.5, 0.99, 0.999)}
+        if upper.size
+        else {},
     }
 
 
@@ -627,8 +662,8 @@ def null_check(
         ``real`` and ``null``: pair counts, histogram, quantiles; ``edges``: per sign the
         number of edges and of survivors, with the thresholds used; ``bins``; ``threshold``.
     """
-    from .._estimator import SCCR
     from .._errors import InputError, InputWarning
+    from .._estimator import SCCR
 
     method = check_method(method)
     if not isinstance(method, str) or method == "none":
@@ -653,8 +688,12 @@ def null_check(
         genes = np.sort(np.argsort(variance, kind="stable")[-max_genes:])
     bins = np.linspace(-1, 1, 81)
     out: dict[str, Any] = {
-        "method": method, "params": params, "threshold": float(threshold), "quantile": float(quantile),
-        "bins": bins.tolist(), "n_genes_correlated": len(genes),
+        "method": method,
+        "params": params,
+        "threshold": float(threshold),
+        "quantile": float(quantile),
+        "bins": bins.tolist(),
+        "n_genes_correlated": len(genes),
         "real": _pair_summary(gene_correlations(imputed[:, genes]), threshold, bins),
         "null": _pair_summary(gene_correlations(null_imputed[:, genes]), threshold, bins),
     }
@@ -676,8 +715,11 @@ def null_check(
             mine = r_real[signs == sign]
             survive = mine > cut if sign > 0 else mine < cut
             edges[name] = {
-                "n_edges": int(mine.size), "n_survive": int(survive.sum()),
-                "null_edges": int((nsigns == sign).sum()), "cut": cut, "reference": reference,
+                "n_edges": int(mine.size),
+                "n_survive": int(survive.sum()),
+                "null_edges": int((nsigns == sign).sum()),
+                "cut": cut,
+                "reference": reference,
                 "median_r_real": float(np.median(mine)) if mine.size else float("nan"),
                 "median_r_null": float(np.median(r_null[nsigns == sign])) if (nsigns == sign).any() else float("nan"),
             }

@@ -165,12 +165,11 @@ def stability(
     import scipy.sparse as sp
     from sklearn.metrics import adjusted_rand_score
 
-    from .._estimator import SCCR
-    from .._engine import resolve_knn
-    from .._options import resolve_progress
     from .._adata import check_key_added
+    from .._engine import resolve_knn
     from .._errors import InputError, InputWarning
-    from .._options import _check_int, _check_seed
+    from .._estimator import SCCR
+    from .._options import _check_int, _check_seed, resolve_progress
     from ._score import check_method, check_params, expression
 
     method = check_method(method)
@@ -183,7 +182,9 @@ def stability(
     perturbations = tuple(perturbations)
     bad = [p for p in perturbations if p not in PERTURBATIONS]
     if bad or not perturbations:
-        raise InputError(f"perturbations must be a non-empty list of {', '.join(map(repr, PERTURBATIONS))}; got {list(perturbations)!r}")
+        raise InputError(
+            f"perturbations must be a non-empty list of {', '.join(map(repr, PERTURBATIONS))}; got {list(perturbations)!r}"
+        )
     X = expression(adata, layer=layer)
     X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
     n = X.shape[0]
@@ -271,8 +272,13 @@ def stability(
         "knn_reference": knn_ref,
         "n_clusters": int(n_clusters),
         "random_state": random_state,
-        "thresholds": {"moved": MOVED, "fragile_ari": FRAGILE_ARI, "fragile_moved": FRAGILE_MOVED,
-                       "stable_ari": STABLE_ARI, "stable_moved": STABLE_MOVED},
+        "thresholds": {
+            "moved": MOVED,
+            "fragile_ari": FRAGILE_ARI,
+            "fragile_moved": FRAGILE_MOVED,
+            "stable_ari": STABLE_ARI,
+            "stable_moved": STABLE_MOVED,
+        },
         "seconds": time.perf_counter() - start,
     }
     adata.obs[f"{key_added}_neighbours_changed"] = changed

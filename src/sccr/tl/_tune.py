@@ -36,7 +36,9 @@ def check_grid(grid: Mapping[str, Sequence] | None) -> dict[str, list]:
 
     grid = DEFAULT_GRID if grid is None else grid
     if not isinstance(grid, Mapping) or not grid:
-        raise InputError("grid must be a non-empty dict of option -> list of values, e.g. {'k': [5, 15], 'beta': [0.9, 0.99]}")
+        raise InputError(
+            "grid must be a non-empty dict of option -> list of values, e.g. {'k': [5, 15], 'beta': [0.9, 0.99]}"
+        )
     allowed = ("method", *PARAM_KEYS)
     unknown = [key for key in grid if key not in allowed]
     if unknown:
@@ -52,7 +54,9 @@ def check_grid(grid: Mapping[str, Sequence] | None) -> dict[str, list]:
         if key == "method":
             bad = [v for v in values if v not in METHODS]
             if bad:
-                raise InputError(f"grid['method'] has {', '.join(map(repr, bad))}; methods are {', '.join(map(repr, METHODS))}")
+                raise InputError(
+                    f"grid['method'] has {', '.join(map(repr, bad))}; methods are {', '.join(map(repr, METHODS))}"
+                )
         else:
             for value in values:
                 Options(method="sccr", **{**DEFAULTS, key: value}, n_jobs=1, progress=False)
@@ -79,7 +83,11 @@ def _start(grid: dict[str, list], method: str) -> dict[str, Any]:
         values, default = grid[key], DEFAULTS[key]
         if default in values:
             start[key] = default
-        elif isinstance(default, (int, float)) and not isinstance(default, bool) and all(isinstance(v, (int, float)) for v in values):
+        elif (
+            isinstance(default, (int, float))
+            and not isinstance(default, bool)
+            and all(isinstance(v, (int, float)) for v in values)
+        ):
             start[key] = min(values, key=lambda v: (abs(v - default), v))
         else:
             start[key] = values[0]
@@ -96,7 +104,7 @@ def _settings(grid: dict[str, list]) -> list[tuple[str, dict[str, Any]]]:
             continue
         keys = [k for k in grid if k != "method" and k in METHOD_KEYS[method]]
         for values in itertools.product(*(grid[k] for k in keys)):
-            out.append((method, dict(zip(keys, values))))
+            out.append((method, dict(zip(keys, values, strict=True))))
     return out
 
 
@@ -152,8 +160,13 @@ class _Runner:
             before, start = self.scorer.n_imputations, time.perf_counter()
             scores = self.scorer.evaluate(method, params)
             record = {
-                "method": method, "params": params, **scores, "stage": stage, "reused": False,
-                "imputations": self.scorer.n_imputations - before, "seconds": time.perf_counter() - start,
+                "method": method,
+                "params": params,
+                **scores,
+                "stage": stage,
+                "reused": False,
+                "imputations": self.scorer.n_imputations - before,
+                "seconds": time.perf_counter() - start,
                 "config": self.config,
             }
             if self.checkpoint is not None:
@@ -250,10 +263,9 @@ def tune(
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from .._options import resolve_progress
     from .._adata import check_key_added
     from .._errors import InputError
-    from .._options import _check_int
+    from .._options import _check_int, resolve_progress
     from ._score import DEFAULT_SPLIT, DEFAULTS, METHOD_KEYS, Scorer, check_method
 
     grid = check_grid(grid)
@@ -268,12 +280,22 @@ def tune(
     _check_int("max_sweeps", max_sweeps, 1)
     check_key_added(key_added, layer)
     show = resolve_progress(progress)
-    say = echo if echo is not None else ((lambda msg: tqdm.write(f"sccr tune: {msg}", file=sys.stderr)) if show else (lambda msg: None))
+    say = (
+        echo
+        if echo is not None
+        else ((lambda msg: tqdm.write(f"sccr tune: {msg}", file=sys.stderr)) if show else (lambda msg: None))
+    )
 
     start_time = time.perf_counter()
     scorer = Scorer(
-        adata, strategy=strategy, layer=layer, counts_layer=counts_layer,
-        random_state=random_state, n_jobs=n_jobs, split=DEFAULT_SPLIT if split is None else split, mask_rate=mask_rate,
+        adata,
+        strategy=strategy,
+        layer=layer,
+        counts_layer=counts_layer,
+        random_state=random_state,
+        n_jobs=n_jobs,
+        split=DEFAULT_SPLIT if split is None else split,
+        mask_rate=mask_rate,
     )
     config = json.loads(json.dumps(_safe(scorer.config)))
     config["fingerprint"] = _fingerprint(scorer.data.input)
@@ -283,13 +305,23 @@ def tune(
     planned = full_cost if mode == "grid" else min(max_imputations, full_cost)
     say(
         f"{n_settings} settings in the grid (all of them: {full_cost} imputations); "
-        + ("scoring all of them" if mode == "grid" else f"coordinate search from the defaults, at most {planned} imputations")
+        + (
+            "scoring all of them"
+            if mode == "grid"
+            else f"coordinate search from the defaults, at most {planned} imputations"
+        )
         + f", each of a {scorer.data.shape[0]} x {scorer.data.shape[1]} matrix ({scorer.strategy})"
     )
     previous = _read_checkpoint(checkpoint) if resume else []
     if resume and key_added in adata.uns and "table" in adata.uns[key_added]:
         previous += _records_from_table(adata.uns[key_added])
-    bar = tqdm(total=(n_settings if mode == "grid" else planned) + 1, desc="tune", disable=not show, leave=False, unit="setting")
+    bar = tqdm(
+        total=(n_settings if mode == "grid" else planned) + 1,
+        desc="tune",
+        disable=not show,
+        leave=False,
+        unit="setting",
+    )
     runner = _Runner(scorer, config, checkpoint, previous, bar, budget=full_cost if mode == "grid" else max_imputations)
     runner("none", {}, "baseline")
     if mode == "grid":
@@ -300,7 +332,9 @@ def tune(
     bar.close()
     if runner.order and scorer.n_imputations:
         per = scorer.seconds / scorer.n_imputations
-        say(f"{scorer.n_imputations} imputations in {scorer.seconds:.1f} s ({per:.1f} s each); {runner.reused} settings reused")
+        say(
+            f"{scorer.n_imputations} imputations in {scorer.seconds:.1f} s ({per:.1f} s each); {runner.reused} settings reused"
+        )
 
     option_keys = [k for k in AXES if k != "method" and any(k in runner.records[key]["params"] for key in runner.order)]
     rows = []
@@ -310,21 +344,37 @@ def tune(
         is_default = r["method"] == "sccr" and all(
             r["params"].get(k, DEFAULTS[k]) == DEFAULTS[k] for k in METHOD_KEYS["sccr"]
         )
-        rows.append({
-            "_key": key, "setting": _describe(r["method"], r["params"]), "method": r["method"],
-            **{k: r["params"].get(k, np.nan) for k in option_keys}, **losses,
-            "stage": r["stage"], "default": bool(is_default), "reused": bool(r["reused"]),
-            "imputations": int(r.get("imputations", 0)), "seconds": float(r.get("seconds", 0.0)),
-        })
+        rows.append(
+            {
+                "_key": key,
+                "setting": _describe(r["method"], r["params"]),
+                "method": r["method"],
+                **{k: r["params"].get(k, np.nan) for k in option_keys},
+                **losses,
+                "stage": r["stage"],
+                "default": bool(is_default),
+                "reused": bool(r["reused"]),
+                "imputations": int(r.get("imputations", 0)),
+                "seconds": float(r.get("seconds", 0.0)),
+            }
+        )
     table = pd.DataFrame(rows).sort_values("score", kind="stable").reset_index(drop=True)
     best_record = runner.records[table.loc[0, "_key"]]
     table = table.drop(columns="_key")
-    best = {"method": "none"} if best_record["method"] == "none" else {"method": best_record["method"], **best_record["params"]}
+    best = (
+        {"method": "none"}
+        if best_record["method"] == "none"
+        else {"method": best_record["method"], **best_record["params"]}
+    )
     none_score = float(table.loc[table["method"] == "none", "score"].iloc[0])
     cost = {
-        "search": mode, "grid_settings": n_settings, "full_grid_imputations": full_cost,
-        "imputations": int(scorer.n_imputations), "reused": int(runner.reused),
-        "seconds": float(time.perf_counter() - start_time), "imputation_seconds": float(scorer.seconds),
+        "search": mode,
+        "grid_settings": n_settings,
+        "full_grid_imputations": full_cost,
+        "imputations": int(scorer.n_imputations),
+        "reused": int(runner.reused),
+        "seconds": float(time.perf_counter() - start_time),
+        "imputation_seconds": float(scorer.seconds),
     }
     adata.uns[key_added] = {
         "best": best,
@@ -355,15 +405,18 @@ def _records_from_table(uns: Mapping) -> list[dict]:
     table, config = uns["table"], uns.get("config")
     if config is None:
         return []
-    config = json.loads(json.dumps(_safe(dict(config)), default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+    config = json.loads(
+        json.dumps(_safe(dict(config)), default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+    )
     option_keys = [k for k in AXES if k != "method" and k in table.columns]
     records = []
     for _, row in table.iterrows():
         scores = {k: float(row[k]) for k in table.columns if k == "score" or str(k).startswith(("mcv_", "mask_"))}
         params = _params_of(row, option_keys)
         params = {k: (int(v) if k in ("k", "k_gene", "n_iter") else v) for k, v in params.items()}
-        records.append({"method": row["method"], "params": params, **scores, "config": config,
-                        "imputations": 0, "seconds": 0.0})
+        records.append(
+            {"method": row["method"], "params": params, **scores, "config": config, "imputations": 0, "seconds": 0.0}
+        )
     return records
 
 
@@ -372,7 +425,12 @@ def _fingerprint(X) -> list:
     import scipy.sparse as sp
 
     values = X.data if sp.issparse(X) else np.asarray(X)
-    return [int(X.shape[0]), int(X.shape[1]), int(np.count_nonzero(values)), round(float(values.sum(dtype=np.float64)), 3)]
+    return [
+        int(X.shape[0]),
+        int(X.shape[1]),
+        int(np.count_nonzero(values)),
+        round(float(values.sum(dtype=np.float64)), 3),
+    ]
 
 
 def _coordinate_search(runner: _Runner, grid: dict[str, list], max_sweeps: int) -> None:
