@@ -114,6 +114,22 @@ def test_ties_after_exact_recomputation_stay_lower_index():
     np.testing.assert_allclose(A.toarray(), naive.knn(M, 1, sym=False), atol=1e-7)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_more_tied_rows_than_the_margin_keep_the_lowest_indices(sparse):
+    # 40 scaled copies of one profile among noise rows: every copy ties with 39 others, far
+    # more than k + 1 + margin candidates, and all of them must be re-ranked exactly.
+    rng = np.random.default_rng(3)
+    noise = rng.poisson(1.0, size=(30, 12)).astype(np.float32)
+    profile = rng.uniform(1, 2, size=12).astype(np.float32)
+    copies = profile * np.arange(1, 41, dtype=np.float32)[:, None]
+    M = np.vstack([noise[:15], copies, noise[15:]])
+    twins = list(range(15, 55))
+    indices, values = _graph.knn_neighbours(sp.csr_matrix(M) if sparse else M, 5)
+    for i in twins:
+        assert sorted(indices[i]) == twins[:6], i
+        assert np.all(values[i] == values[i][0])
+
+
 def test_parallel_rows_tie_broken_towards_lower_index():
     # Rows 1 and 2 are parallel: both scale to the unit vector (1, 0), so row 0 is exactly
     # as similar to each; the documented tie-break keeps row 1.

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 
 from .._errors import InputError
 from .._options import resolve_n_jobs
-from .graph import _exact_cosine, _row_normalised, block_top, cosine_block, similarity_block_rows
+from .graph import ExactCosine, _row_normalised, block_top, cosine_block, similarity_block_rows
 from .propagation import propagate_block
 
 #: Tasks in flight per worker thread: one running, one queued behind it.
@@ -52,7 +52,7 @@ class _RowSearch:
     def __init__(self, M: np.ndarray | sp.csr_matrix) -> None:
         self.M = M
         self._lock = threading.Lock()
-        self._prepared: tuple[Any, Callable[[int, np.ndarray], np.ndarray]] | None = None
+        self._prepared: tuple[Any, ExactCosine] | None = None
 
     def __getstate__(self) -> dict:
         return {"M": self.M}
@@ -60,11 +60,11 @@ class _RowSearch:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["M"])
 
-    def prepared(self) -> tuple[Any, Callable[[int, np.ndarray], np.ndarray]]:
+    def prepared(self) -> tuple[Any, ExactCosine]:
         """Row-normalised ``M`` and its exact-cosine function, built on the first call."""
         with self._lock:
             if self._prepared is None:
-                self._prepared = (_row_normalised(self.M), _exact_cosine(self.M))
+                self._prepared = (_row_normalised(self.M), ExactCosine(self.M))
             return self._prepared
 
 

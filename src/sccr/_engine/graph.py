@@ -8,7 +8,7 @@ makes every graph deterministic.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -72,44 +72,38 @@ def _cosine_blocks(Mn: np.ndarray | sp.csr_matrix) -> Iterator[tuple[int, np.nda
         yield start, cosine_block(Mn, start, start + block)
 
 
-def _exact_cosine(M: np.ndarray | sp.csr_matrix) -> Callable[[int, np.ndarray], np.ndarray]:
-    """``f(start, cols)``: float64 cosines of rows ``start..start + b`` with candidate rows ``cols``.
+class ExactCosine:
+    """Exact cosines between rows of ``M`` (float64 products of the float32 rows), to rank a block's candidates.
 
-    Rows are normalised before the dot product (as in the specification), so
-    parallel rows get exactly equal similarities and the index tie-break applies.
+    Rows are divided by their float64 norms (all-zero rows stay zero) and the result
+    is rounded to float32, so mathematically equal cosines (parallel or duplicated
+    rows) become equal whatever the summation order, and the index tie-break
+    decides, not rounding noise. :meth:`top` runs the kernels of :mod:`.ranking`.
     """
-    if sp.issparse(M):
-        M = sp.csr_matrix(M, dtype=np.float64, copy=True)
-        norms = np.sqrt(np.asarray(M.multiply(M).sum(axis=1)).ravel())
-    else:
-        norms = np.sqrt(np.einsum("ij,ij->i", M, M, dtype=np.float64))
-    divisor = np.where(norms > 0, norms, 1.0)  # all-zero rows stay zero
-    if sp.issparse(M):
-        M.data /= np.repeat(divisor, np.diff(M.indptr))
-    step = max(1, SIMILARITY_BLOCK_ELEMENTS // (8 * max(M.shape[1], 1)))
 
-    def unit_rows(index: np.ndarray):
+    def __init__(self, M: np.ndarray | sp.csr_matrix) -> None:
         if sp.issparse(M):
-            return M[index]
-        return M[index].astype(np.float64) / divisor[index, None]
+            M = sp.csr_matrix(M, dtype=np.float32, copy=True)
+            M.sum_duplicates()
+            square = sp.csr_matrix((np.square(M.data, dtype=np.float64), M.indices, M.indptr), shape=M.shape)
+            squares = np.asarray(square.sum(axis=1)).ravel()
+        else:
+            M = np.ascontiguousarray(M, dtype=np.float32)
+            squares = np.einsum("ij,ij->i", M, M, dtype=np.float64)
+        norms = np.sqrt(squares)
+        self.M = M
+        self.inverse_norms = 1.0 / np.where(norms > 0, norms, 1.0)
 
-    def dots(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        left, right = unit_rows(rows), unit_rows(cols)
-        if sp.issparse(M):
-            return np.asarray(left.multiply(right).sum(axis=1)).ravel()
-        return np.einsum("ij,ij->i", left, right)
+    def top(self, start: int, S: np.ndarray, m: int, margin: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top ``m`` of rows ``start..start + b``, whose float32 cosines to every row are ``S`` (``b x n``)."""
+        from . import ranking
 
-    def cosine(start: int, cols: np.ndarray) -> np.ndarray:
-        b, c = cols.shape
-        rows = np.repeat(np.arange(start, start + b), c)
-        flat = cols.ravel()
-        out = np.concatenate([dots(rows[s : s + step], flat[s : s + step]) for s in range(0, rows.size, step)])
-        # Rounded to float32: mathematically equal cosines (parallel or duplicated
-        # rows) become bitwise equal whatever the summation order, so the index
-        # tie-break decides, not rounding noise.
-        return out.reshape(b, c).astype(np.float32)
-
-    return cosine
+        S = np.ascontiguousarray(S, dtype=np.float32)
+        limits = (m, margin, MAX_EXTRA_CANDIDATES, np.float32(CANDIDATE_TOLERANCE))
+        if sp.issparse(self.M):
+            M = self.M
+            return ranking.exact_top_sparse(S, start, M.indptr, M.indices, M.data, self.inverse_norms, *limits)
+        return ranking.exact_top_dense(S, start, self.M, self.inverse_norms, *limits)
 
 
 def _candidates(key: np.ndarray, m: int) -> np.ndarray:
@@ -129,7 +123,7 @@ def top_neighbours(
     n_neighbours: int,
     *,
     signed: bool = False,
-    exact: Callable[[int, np.ndarray], np.ndarray] | None = None,
+    exact: ExactCosine | None = None,
     margin: int = 8,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top ``n_neighbours`` entries of every row of a similarity matrix given in row blocks.
@@ -143,8 +137,8 @@ def top_neighbours(
     signed
         Rank by absolute value instead of value (the signed gene graph).
     exact
-        ``exact(start, cols)`` recomputes the similarities of the candidate
-        columns precisely, so the rounding of the block cannot reorder near-ties.
+        Recomputes the similarities of the candidate columns precisely, so the
+        rounding of the block cannot reorder near-ties (not with ``signed``).
     margin
         Extra candidates taken from each block row before the final ranking.
 
@@ -173,29 +167,26 @@ def block_top(
     m: int,
     *,
     signed: bool = False,
-    exact: Callable[[int, np.ndarray], np.ndarray] | None = None,
+    exact: ExactCosine | None = None,
     margin: int = 8,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top ``m`` entries of the rows ``start..start + b`` given by the ``b x n`` block ``S``.
 
     One block of :func:`top_neighbours` (same parameters), so that a block can
-    be ranked wherever it is computed.
+    be ranked wherever it is computed. With ``exact``, every entry within rounding
+    distance (:data:`CANDIDATE_TOLERANCE`) of a row's ``m``-th largest is a candidate,
+    so exact ties (duplicated rows) are all re-ranked; at most
+    :data:`MAX_EXTRA_CANDIDATES` more than ``m`` are taken, which bounds the cost.
     """
+    if exact is not None:
+        if signed:
+            raise ValueError("exact re-ranking is for cosine searches, not signed ones")
+        return exact.top(start, S, m, margin)
     n = S.shape[1]
     rows = np.arange(S.shape[0])[:, None]
-    block_key = np.abs(S) if signed else S
-    n_candidates = min(n, m + margin)
-    if exact is not None:
-        # Every entry within rounding distance of the m-th largest is a
-        # candidate, so exact ties (duplicated rows) are all re-ranked.
-        # Ties at or below 0 do not matter (such weights are clipped to 0),
-        # and at most MAX_EXTRA_CANDIDATES more are taken, which bounds the cost.
-        kth = -np.partition(-block_key, m - 1, axis=1)[:, m - 1]
-        floor = np.maximum(kth - CANDIDATE_TOLERANCE, np.finfo(np.float32).tiny)
-        near = int((block_key >= floor[:, None]).sum(axis=1).max())
-        n_candidates = min(n, max(n_candidates, min(near, m + MAX_EXTRA_CANDIDATES)))
-    cols = _candidates(block_key, n_candidates)
-    sims = exact(start, cols) if exact is not None else S[rows, cols]
+    key = np.abs(S) if signed else S
+    cols = _candidates(key, min(n, m + margin))
+    sims = S[rows, cols]
     key = np.abs(sims) if signed else sims
     # Ties: lower column first; signed, positive before negative (node h
     # before node G + h in the concatenated graph), then lower column.
@@ -297,7 +288,7 @@ def knn_neighbours(
                 bar.update(n_blocks)
             else:
                 indices, values = top_neighbours(
-                    _counted(_cosine_blocks(_row_normalised(M)), bar), n, k + 1, exact=_exact_cosine(M)
+                    _counted(_cosine_blocks(_row_normalised(M)), bar), n, k + 1, exact=ExactCosine(M)
                 )
     np.maximum(values, 0, out=values)
     return indices, values
