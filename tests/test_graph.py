@@ -203,7 +203,10 @@ def test_k_larger_than_rows_keeps_everything():
     np.testing.assert_allclose(A.toarray(), naive.knn(M, 10, sym=False), rtol=1e-6)
 
 
-def test_sparse_input_equals_dense(X):
+@pytest.mark.parametrize("min_density", [0.0, 1.1])  # sparse products done as dense chunks, or sparse
+def test_sparse_input_equals_dense(X, monkeypatch, min_density):
+    monkeypatch.setattr(_graph, "DENSE_PRODUCT_MIN_DENSITY", min_density)
+    monkeypatch.setattr(_graph, "SIMILARITY_BLOCK_ELEMENTS", 7 * X.shape[0] + 3)  # several blocks and chunks
     for sym in (False, True):
         dense = knn_graph(X, 5, sym=sym)
         sparse = knn_graph(sp.csr_matrix(X), 5, sym=sym)

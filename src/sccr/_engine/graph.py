@@ -23,6 +23,11 @@ CANDIDATE_TOLERANCE = 1e-4
 #: tied rows than that (mass duplicates), the float32 order picks among the rest.
 MAX_EXTRA_CANDIDATES = 256
 
+#: A sparse matrix with at least this share of non-zeros is multiplied in dense chunks of
+#: rows: a float32 matrix product (BLAS, all threads) does about 30 times the multiply-adds
+#: per second of scipy's single-threaded sparse product (docs/speed.md, roofline).
+DENSE_PRODUCT_MIN_DENSITY = 0.02
+
 #: ``knn="auto"`` uses the approximate search from this many rows on (docs/knn.md: the
 #: times cross near 8k rows; 20k keeps the exact graph for data sets of usual size, and
 #: the exact search costs under a minute per graph there).
@@ -56,12 +61,23 @@ def similarity_block_rows(n: int) -> int:
 
 
 def cosine_block(Mn: np.ndarray | sp.csr_matrix, start: int, stop: int) -> np.ndarray:
-    """Float32 cosine similarities of rows ``start..stop`` of row-normalised ``Mn`` to all rows."""
-    if sp.issparse(Mn):
-        rows = Mn[start:stop].toarray()
+    """Float32 cosine similarities of rows ``start..stop`` of row-normalised ``Mn`` to all rows.
+
+    These only choose the candidates that :class:`ExactCosine` ranks, so how they are
+    summed does not change the graph.
+    """
+    if not sp.issparse(Mn):
+        return Mn[start:stop] @ Mn.T
+    rows = Mn[start:stop].toarray()
+    n, d = Mn.shape
+    if Mn.nnz < DENSE_PRODUCT_MIN_DENSITY * n * d:
         # (n x d sparse) @ (d x b dense): cost scales with the non-zeros of M.
         return np.ascontiguousarray((Mn @ rows.T).T)
-    return Mn[start:stop] @ Mn.T
+    S = np.empty((rows.shape[0], n), dtype=np.float32)
+    step = rows.shape[0]
+    for first in range(0, n, step):
+        S[:, first : first + step] = rows @ Mn[first : first + step].toarray().T
+    return S
 
 
 def _cosine_blocks(Mn: np.ndarray | sp.csr_matrix) -> Iterator[tuple[int, np.ndarray]]:

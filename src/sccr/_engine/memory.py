@@ -136,9 +136,9 @@ def estimate_peak_bytes(
     stages = max(held * copies + beside[work] for copies, work in MEMORY_PEAKS[method])
     # Sparse input: the normalised float32 copy and the float64 copy of the exact
     # re-ranking (knn), the CSC copy of every cell-wise propagation, and the rows of a
-    # similarity block made dense.
+    # similarity block made dense with as many rows they are multiplied with.
     block_rows = min(n, max(1, SIMILARITY_BLOCK_ELEMENTS // max(n, 1)))
-    sparse = 0 if nnz is None else 20 * int(nnz) + 4 * block_rows * g
+    sparse = 0 if nnz is None else 20 * int(nnz) + 2 * 4 * block_rows * g
     cell_graphs = {"sccr": 3, "scfp": 2, "scbfp": 1}[method]
     # Each cell graph (kept twice while it is symmetrised), and the final graph's distances.
     graphs = (GRAPH_BUILD_BYTES + (cell_graphs * 2 + 1) * GRAPH_KEPT_BYTES) * n * (k + 1)
