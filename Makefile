@@ -63,7 +63,7 @@ docs: $(VENV)/.installed-docs
 fidelity: $(VENV)/.installed
 	$(BIN)/python scripts/fidelity.py
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-benchmark
 	$(BIN)/python benchmarks/speed.py
 
 # The paper's grid on the shared data sets (34 min on the shared 2-core machine; see docs/benchmarks.md).

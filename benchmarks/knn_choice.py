@@ -69,13 +69,13 @@ def _load(size: str, matrix: str):
 def _recall(indices, M, size: str, matrix: str, rows: int | None = None) -> float | None:
     import numpy as np
 
-    from sccr._engine.graph import _exact_cosine
+    from sccr._engine.graph import ExactCosine
 
     path = WORK / f"exact_{matrix}_{size}.npz"
     if rows is not None or not path.exists():
         return None
     threshold = np.load(path)["val"][:, -1:]
-    sims = _exact_cosine(M)(0, indices[:, :K1])
+    sims = ExactCosine(M)(0, indices[:, :K1])
     return float((sims >= threshold).sum(axis=1).clip(max=K1).mean() / K1)
 
 
@@ -146,13 +146,13 @@ def case_ours(size, matrix, *, streamed=False, rows=None, refine=None, n_jobs=2,
 
 
 def case_exact(size, matrix, *, rows=None, **_):
-    from sccr._engine.graph import _cosine_blocks, _exact_cosine, _row_normalised, top_neighbours
+    from sccr._engine.graph import ExactCosine, _cosine_blocks, _row_normalised, top_neighbours
 
     M = _load(size, matrix)
     if rows:
         M = M[:rows]
     (indices, _), seconds, rss, base = _measure(
-        lambda: top_neighbours(_cosine_blocks(_row_normalised(M)), M.shape[0], K1, exact=_exact_cosine(M))
+        lambda: top_neighbours(_cosine_blocks(_row_normalised(M)), M.shape[0], K1, exact=ExactCosine(M))
     )
     return {"seconds": seconds, "peak_rss_added_mib": rss, "rss_before_mib": base}
 
@@ -226,9 +226,9 @@ def case_hnswlib(size, matrix, *, n_jobs=2, **_):
 
 
 def exact_lists(M):
-    from sccr._engine.graph import _cosine_blocks, _exact_cosine, _row_normalised, top_neighbours
+    from sccr._engine.graph import ExactCosine, _cosine_blocks, _row_normalised, top_neighbours
 
-    return top_neighbours(_cosine_blocks(_row_normalised(M)), M.shape[0], K1, exact=_exact_cosine(M))
+    return top_neighbours(_cosine_blocks(_row_normalised(M)), M.shape[0], K1, exact=ExactCosine(M))
 
 
 def case_ari(dataset, *, mode, seeds=(0, 1, 2), n_jobs=2, **_):
@@ -239,7 +239,7 @@ def case_ari(dataset, *, mode, seeds=(0, 1, 2), n_jobs=2, **_):
     from sccr._engine import ann
     from sccr._engine import prepare as prepare_run
     from sccr._engine.execution import Execution, executing
-    from sccr._engine.graph import _exact_cosine
+    from sccr._engine.graph import ExactCosine
     from sccr._evaluation import clustering_scores
     from sccr._options import Options
 
@@ -258,7 +258,7 @@ def case_ari(dataset, *, mode, seeds=(0, 1, 2), n_jobs=2, **_):
         with executing(Execution(n_jobs=n_jobs)):
             indices, _ = ann.approximate_neighbours(data.X, K1, random_state=0)
         threshold = exact_lists(data.X)[1][:, -1:]
-        sims = _exact_cosine(data.X)(0, indices)
+        sims = ExactCosine(data.X)(0, indices)
         recall = float((sims >= threshold).sum(axis=1).clip(max=K1).mean() / K1)
     options = Options(
         method="sccr", knn=knn, random_state=0, n_jobs=n_jobs, progress=False, sym_final=dataset != "worm_neuron"
@@ -332,7 +332,7 @@ def prepare() -> None:
 
     import sccr
     from sccr._engine.execution import Execution, executing
-    from sccr._engine.graph import _cosine_blocks, _exact_cosine, _row_normalised, knn_graph, top_neighbours
+    from sccr._engine.graph import ExactCosine, _cosine_blocks, _row_normalised, knn_graph, top_neighbours
     from sccr._engine.propagation import propagate
 
     WORK.mkdir(parents=True, exist_ok=True)
@@ -354,13 +354,13 @@ def prepare() -> None:
             sp.save_npz(WORK / f"X_{size}.npz", X)
         if size in ("20k", "50k") and not (WORK / f"exact_D0_{size}.npz").exists():
             X = sp.load_npz(WORK / f"X_{size}.npz")
-            idx, val = top_neighbours(_cosine_blocks(_row_normalised(X)), n, K1, exact=_exact_cosine(X))
+            idx, val = top_neighbours(_cosine_blocks(_row_normalised(X)), n, K1, exact=ExactCosine(X))
             np.savez(WORK / f"exact_X_{size}.npz", idx=idx, val=val)
             A = knn_graph(X, 15, sym=True)
             with executing(Execution(n_jobs=2)):
                 D0 = np.ascontiguousarray(propagate(A, X, 40, hard=True), dtype=np.float32)
             np.save(WORK / f"D0_{size}.npy", D0)
-            idx, val = top_neighbours(_cosine_blocks(_row_normalised(D0)), n, K1, exact=_exact_cosine(D0))
+            idx, val = top_neighbours(_cosine_blocks(_row_normalised(D0)), n, K1, exact=ExactCosine(D0))
             np.savez(WORK / f"exact_D0_{size}.npz", idx=idx, val=val)
 
 

@@ -1,12 +1,21 @@
-"""Speed and memory of full scCR on Worm Neuron (4186 cells x 2000 genes), float32.
+"""Speed of full scCR on Worm Neuron beside MAGIC in the same run, each stage against this machine's floor.
 
 Usage: python benchmarks/speed.py [--repeats 3] [--n-jobs 2] [--out benchmarks/results/speed.json]
 
-Each repeat runs in a fresh process (load, preprocess, impute), so its peak RSS
-is its own; the first process also pays numba's one-off compilation (cached on
-disk afterwards) and is reported apart. Also measures the propagation kernel
-alone on the run's own cell graph, to compare the pipeline's throughput with
-what this machine's cores give for that kernel (and with scipy's sparse product).
+- **Side by side**: sccr and MAGIC (magic-impute, its defaults, exact solver; the
+  ``[benchmark]`` extra) alternate, each repeat in a fresh process that loads and
+  preprocesses Worm Neuron (4186 cells x 2000 genes, float32) and times the
+  imputation alone, with its peak RSS. A first sccr process pays numba's one-off
+  compilation (cached on disk afterwards) and is reported apart. The ratio of the
+  medians is the claim; absolute times differ up to 3x between machines.
+- **Roofline**: this machine's float32 and float64 matrix products (GMAC/s), scipy's
+  sparse x dense product and sccr's propagation kernel on the run's own cell graph,
+  and memory bandwidth. Each stage's floor is its multiply-adds at the best rate the
+  hardware gives for that kind of work: the neighbour searches and the gene graph are
+  dense products (sgemm, dgemm); a propagation is a sparse x dense product, whose
+  compute floor is sgemm's rate too (the same multiply-adds, with irregular reads).
+- **Threads**: every stage with 1 thread against ``--n-jobs`` threads (strong scaling).
+
 Prints a summary and writes JSON.
 """
 
@@ -24,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-REFERENCE_SECONDS = 100.8  # the authors' code, imputation alone, 2 cores, CPU PyTorch (issue #2)
 PROPAGATION_STAGES = ("hard_fp_1", "gene_fp", "hard_fp_2", "soft_fp")
+SEARCH_STAGES = ("knn_cells_1", "knn_cells_2", "knn_cells_3")
+SETTINGS = dict(method="sccr", k=15, k_gene=2, n_iter=40, alpha=0.05, beta=0.99, gamma=0.01, sym_final=False)
 
 
 def _preprocessed():
@@ -34,29 +44,17 @@ def _preprocessed():
     return sccr.pp.preprocess_paper(sccr.datasets.worm_neuron())
 
 
-def one_run(n_jobs: int) -> dict:
-    """Load, preprocess and impute once in this process; report time, work and peak RSS."""
+def run_sccr(n_jobs: int) -> dict:
+    """Load, preprocess and impute once in this process; report time, stages, work and peak RSS."""
     from sccr._engine import run
     from sccr._options import Options
     from sccr._resources import peak_rss_mb
 
     adata = _preprocessed()
     rss_before = peak_rss_mb()
-    options = Options(
-        method="sccr",
-        k=15,
-        k_gene=2,
-        n_iter=40,
-        alpha=0.05,
-        beta=0.99,
-        gamma=0.01,
-        sym_final=False,
-        knn="auto",
-        n_jobs=n_jobs,
-        progress=False,
-    )
+    options = Options(**SETTINGS, knn="auto", n_jobs=n_jobs, progress=False)
     start = time.perf_counter()
-    result = run(adata.X, options)  # checks the input and plans memory, as before inside the timed span
+    result = run(adata.X, options)  # checks the input and plans memory, inside the timed span
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
@@ -67,34 +65,82 @@ def one_run(n_jobs: int) -> dict:
     }
 
 
-def kernel_throughput(n_jobs: int) -> dict:
-    """Multiply-adds per second of one hard propagation on the real first cell graph."""
-    import scipy.sparse as sp
+def run_magic(n_jobs: int) -> dict:
+    """MAGIC on the same preprocessed matrix, timed the same way."""
+    from sccr._benchmark.baselines import magic
+    from sccr._resources import peak_rss_mb
+
+    adata = _preprocessed()
+    rss_before = peak_rss_mb()
+    start = time.perf_counter()
+    magic(adata.X, n_jobs=n_jobs, random_state=0)
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_before_impute_mb": rss_before,
+    }
+
+
+def _best_seconds(f, repeats: int = 5) -> float:
+    f()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - start)
+    return float(min(times))
+
+
+def roofline(n_jobs: int) -> dict:
+    """Rates of this machine for the work each stage does, at the run's shapes."""
+    from threadpoolctl import threadpool_limits
 
     from sccr._engine.execution import Execution, executing
-    from sccr._engine.graph import knn_graph
+    from sccr._engine.graph import _row_normalised, knn_graph
     from sccr._engine.propagation import propagate
 
     X = _preprocessed().X
-    A = knn_graph(X, 15, sym=True)
-    work = A.nnz * X.shape[1] * 40
-    out = {"graph_nnz": int(A.nnz), "macs": int(work)}
-    with executing(Execution(n_jobs=n_jobs)):
-        propagate(A, X, 1, hard=True)  # compile / warm caches
-        for chunk in (16, 32, 64, 128, 256):
-            times = []
-            for _ in range(3):
-                start = time.perf_counter()
-                propagate(A, X, 40, hard=True, chunk=chunk)
-                times.append(time.perf_counter() - start)
-            out[f"chunk_{chunk}_gmacs"] = work / float(np.median(times)) / 1e9
-    dense, A32 = X.toarray(), sp.csr_matrix(A)
-    start = time.perf_counter()
-    for _ in range(5):
-        A32 @ dense
-    out["scipy_spmm_gmacs"] = A.nnz * X.shape[1] * 5 / (time.perf_counter() - start) / 1e9
-    out["best_gmacs"] = max(v for k, v in out.items() if k.startswith("chunk_"))
+    n, g = X.shape
+    dense = _row_normalised(X.toarray())
+    out: dict = {"shape": [n, g]}
+    with executing(Execution(n_jobs=n_jobs)), threadpool_limits(limits=n_jobs):
+        half = dense[: n // 2]
+        out["sgemm_gmacs"] = half.shape[0] * n * g / _best_seconds(lambda: half @ dense.T) / 1e9
+        chunk = dense[:1024].astype(np.float64)
+        out["dgemm_gmacs"] = chunk.shape[0] * g * g / _best_seconds(lambda: chunk.T @ chunk) / 1e9
+        A = knn_graph(X, 15, sym=True)
+        out["graph_nnz"] = int(A.nnz)
+        spmm = A.nnz * g / _best_seconds(lambda: A @ dense) / 1e9
+        out["scipy_spmm_gmacs"] = spmm
+        work = A.nnz * g * 40
+        out["propagation_kernel_gmacs"] = work / _best_seconds(lambda: propagate(A, dense, 40, hard=True), 3) / 1e9
+    big = np.ones(1 << 27, dtype=np.float32)  # 512 MiB, far beyond the caches
+    target = np.empty_like(big)
+    out["copy_gbs"] = 2 * big.nbytes / _best_seconds(lambda: np.copyto(target, big), 3) / 1e9
     return out
+
+
+def floors(stages: dict, work: dict, shape: tuple[int, int], rates: dict) -> dict:
+    """Each stage's floor (seconds at the hardware's best rate for its multiply-adds) and time / floor."""
+    n, g = shape
+    macs = {s: n * n * g for s in SEARCH_STAGES}
+    macs["gene_graph"] = n * g * g
+    rate = {s: rates["sgemm_gmacs"] for s in SEARCH_STAGES}
+    rate["gene_graph"] = rates["dgemm_gmacs"]
+    for s in PROPAGATION_STAGES:
+        macs[s] = work[s]
+        rate[s] = rates["sgemm_gmacs"]
+    table = {}
+    for s, m in macs.items():
+        floor = m / rate[s] / 1e9
+        table[s] = {
+            "macs": int(m),
+            "seconds": stages[s],
+            "floor_seconds": floor,
+            "times_floor": stages[s] / floor,
+            "gmacs": m / stages[s] / 1e9,
+        }
+    return table
 
 
 def main() -> None:
@@ -102,65 +148,93 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n-jobs", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--out", type=Path, default=HERE / "results" / "speed.json")
-    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--kernel", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["sccr", "magic", "roofline"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one or args.kernel:
-        print(json.dumps(one_run(args.n_jobs) if args.one else kernel_throughput(args.n_jobs)))
+    if args.child:
+        child_runs = {"sccr": run_sccr, "magic": run_magic, "roofline": roofline}
+        print(json.dumps(child_runs[args.child](args.n_jobs)))
         return
 
-    def child(flag: str) -> dict:
-        cmd = [sys.executable, __file__, flag, "--n-jobs", str(args.n_jobs)]
-        return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    def child(kind: str, n_jobs: int = args.n_jobs) -> dict | None:
+        cmd = [sys.executable, __file__, "--child", kind, "--n-jobs", str(n_jobs)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            if kind == "magic" and "No module named 'magic'" in proc.stderr:
+                return None
+            sys.exit(f"{kind} run failed:\n{proc.stderr}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    first = child("--one")
-    runs = [child("--one") for _ in range(args.repeats)]
-    kernel = child("--kernel")
-    median = lambda xs: float(np.median(xs))  # noqa: E731
-    stages = {s: median([r["timings"][s] for r in runs]) for s in runs[0]["timings"]}
-    prop_seconds = sum(stages[s] for s in PROPAGATION_STAGES)
-    prop_work = sum(runs[0]["work"][s] for s in PROPAGATION_STAGES)
-    total = median([r["seconds"] for r in runs])
+    first = child("sccr")
+    sccr_runs, magic_runs = [], []
+    for _ in range(args.repeats):  # alternating, so that both see the same machine
+        sccr_runs.append(child("sccr"))
+        magic_runs.append(child("magic"))
+    magic_runs = [r for r in magic_runs if r is not None]
+    one_thread = child("sccr", 1)
+    rates = child("roofline")
+
+    def median(xs):
+        return float(np.median(xs))
+
+    stages = {s: median([r["timings"][s] for r in sccr_runs]) for s in sccr_runs[0]["timings"]}
+    total = median([r["seconds"] for r in sccr_runs])
+    magic_total = median([r["seconds"] for r in magic_runs]) if magic_runs else None
+    table = floors(stages, sccr_runs[0]["work"], tuple(rates["shape"]), rates)
+    scaling = {s: one_thread["timings"][s] / stages[s] for s in stages}
     report = {
         "dataset": "worm_neuron, paper preprocessing, 4186 x 2000, float32",
-        "settings": "scCR defaults, sym_final=False (authors' Worm Neuron setting)",
+        "settings": {**SETTINGS, "note": "scCR defaults with sym_final=False (the authors' Worm Neuron setting)"},
         "n_jobs": args.n_jobs,
         "repeats": args.repeats,
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "impute_seconds_median": total,
-        "impute_seconds_runs": [r["seconds"] for r in runs],
-        "impute_seconds_first_process": first["seconds"],
-        "speedup_vs_reference": REFERENCE_SECONDS / total,
-        "reference_seconds": REFERENCE_SECONDS,
+        "sccr_seconds_median": total,
+        "sccr_seconds_runs": [r["seconds"] for r in sccr_runs],
+        "sccr_seconds_first_process": first["seconds"],
+        "sccr_peak_rss_mb_median": median([r["peak_rss_mb"] for r in sccr_runs]),
+        "sccr_peak_rss_before_impute_mb_median": median([r["peak_rss_before_impute_mb"] for r in sccr_runs]),
+        "magic_seconds_median": magic_total,
+        "magic_seconds_runs": [r["seconds"] for r in magic_runs],
+        "magic_peak_rss_mb_median": median([r["peak_rss_mb"] for r in magic_runs]) if magic_runs else None,
+        "magic_over_sccr": magic_total / total if magic_total else None,
         "stage_seconds_median": stages,
-        "peak_rss_mb_median": median([r["peak_rss_mb"] for r in runs]),
-        "peak_rss_before_impute_mb_median": median([r["peak_rss_before_impute_mb"] for r in runs]),
-        "propagation_macs": prop_work,
-        "propagation_seconds": prop_seconds,
-        "propagation_gmacs": prop_work / prop_seconds / 1e9,
-        "kernel": kernel,
-        "kernel_ratio_best_over_pipeline": kernel["best_gmacs"] / (prop_work / prop_seconds / 1e9),
+        "roofline": rates,
+        "stage_floors": table,
+        "one_thread_stage_seconds": one_thread["timings"],
+        "one_thread_seconds": one_thread["seconds"],
+        "speedup_two_threads_per_stage": scaling,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
-    print(f"scCR on Worm Neuron, {args.n_jobs} threads, median of {args.repeats} fresh processes:")
-    run_list = ", ".join(f"{r['seconds']:.2f}" for r in runs)
+
+    runs = ", ".join(f"{r['seconds']:.2f}" for r in sccr_runs)
     print(
-        f"  imputation {total:.2f} s (runs: {run_list}; "
-        f"first process incl. compilation {first['seconds']:.2f} s); reference {REFERENCE_SECONDS} s "
-        f"-> {REFERENCE_SECONDS / total:.1f}x faster"
-    )
-    print("  stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in stages.items()))
-    print(
-        f"  peak RSS {report['peak_rss_mb_median']:.0f} MiB (after loading+preprocessing, before imputing: "
-        f"{report['peak_rss_before_impute_mb_median']:.0f} MiB)"
+        f"scCR on Worm Neuron, {args.n_jobs} threads, median of {args.repeats} fresh processes, alternating with MAGIC:"
     )
     print(
-        f"  propagation: {prop_work / 1e9:.1f} G multiply-adds in {prop_seconds:.2f} s = {report['propagation_gmacs']:.1f} GMAC/s; "
-        f"kernel alone best {kernel['best_gmacs']:.1f} GMAC/s (ratio {report['kernel_ratio_best_over_pipeline']:.2f}); "
-        f"scipy sparse x dense {kernel['scipy_spmm_gmacs']:.1f} GMAC/s"
+        f"  sccr  {total:.2f} s (runs {runs}; first process incl. compilation {first['seconds']:.2f} s), "
+        f"peak RSS {report['sccr_peak_rss_mb_median']:.0f} MiB"
     )
+    if magic_runs:
+        runs = ", ".join(f"{r['seconds']:.2f}" for r in magic_runs)
+        print(
+            f"  MAGIC {magic_total:.2f} s (runs {runs}), peak RSS {report['magic_peak_rss_mb_median']:.0f} MiB "
+            f"-> MAGIC / sccr = {magic_total / total:.2f}"
+        )
+    else:
+        print("  MAGIC skipped: magic-impute is not installed (pip install 'sccr[benchmark]')")
+    print(
+        f"  roofline: sgemm {rates['sgemm_gmacs']:.0f} GMAC/s, dgemm {rates['dgemm_gmacs']:.0f} GMAC/s, "
+        f"scipy sparse x dense {rates['scipy_spmm_gmacs']:.1f} GMAC/s, propagation kernel "
+        f"{rates['propagation_kernel_gmacs']:.1f} GMAC/s, copy {rates['copy_gbs']:.1f} GB/s"
+    )
+    print("  stage          seconds   floor   x floor   GMAC/s   1 thread / 2 threads")
+    for s, row in table.items():
+        print(
+            f"  {s:<13} {row['seconds']:8.3f} {row['floor_seconds']:7.3f} {row['times_floor']:9.1f} "
+            f"{row['gmacs']:8.1f}   {scaling[s]:.2f}"
+        )
+    print(f"  whole run with 1 thread {one_thread['seconds']:.2f} s ({one_thread['seconds'] / total:.2f}x)")
     print(f"wrote {args.out}")
 
 

@@ -13,7 +13,7 @@ from helpers import DATA, REFERENCE, in_threads, make_expression, require
 from sccr._engine import ann as _ann
 from sccr._engine import graph as _graph
 from sccr._engine.ann import approximate_neighbours
-from sccr._engine.graph import _cosine_blocks, _exact_cosine, _row_normalised, knn_graph, resolve_knn, top_neighbours
+from sccr._engine.graph import ExactCosine, _cosine_blocks, _row_normalised, knn_graph, resolve_knn, top_neighbours
 from sccr._engine.matrix import Matrix
 
 K1 = 16  # k = 15 plus the row itself, as the pipeline asks
@@ -34,12 +34,12 @@ class Streamed(Matrix):
 
 
 def exact(M, m=K1):
-    return top_neighbours(_cosine_blocks(_row_normalised(M)), M.shape[0], m, exact=_exact_cosine(M))
+    return top_neighbours(_cosine_blocks(_row_normalised(M)), M.shape[0], m, exact=ExactCosine(M))
 
 
 def recall(indices, M, exact_values):
     """Fraction of returned neighbours at least as similar as the exact m-th (ties count as found)."""
-    sims = _exact_cosine(M)(0, indices)
+    sims = ExactCosine(M)(0, indices)
     return float((sims >= exact_values[:, -1:]).sum(axis=1).clip(max=indices.shape[1]).mean() / indices.shape[1])
 
 
@@ -83,7 +83,7 @@ def test_output_format_and_exact_values(pbmc, small_clusters):
     tie = np.diff(values, axis=1) == 0
     assert (np.diff(indices, axis=1)[tie] > 0).all()
     # Values are the exact cosines (the exact search's float32 rounding).
-    np.testing.assert_allclose(values, _exact_cosine(X)(0, indices), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(values, ExactCosine(X)(0, indices), rtol=0, atol=1e-6)
     # Each row is its own first neighbour (pbmc4k has no duplicated or empty rows).
     assert (indices[:, 0] == np.arange(n)).all()
     np.testing.assert_allclose(values[:, 0], 1.0, atol=1e-6)

@@ -14,8 +14,8 @@ import scipy.sparse as sp
 import naive
 from helpers import in_threads, make_expression
 from sccr._engine.graph import (
+    ExactCosine,
     _cosine_blocks,
-    _exact_cosine,
     _row_normalised,
     knn_graph,
     signed_gene_graph,
@@ -213,6 +213,6 @@ def test_signed_graph_ties_follow_the_concatenated_graph():
     assert kept == {positive}
     assert S[1, positive] > 0
     idx, _ = top_neighbours(
-        _cosine_blocks(_row_normalised(np.hstack([Z, -Z]).T)), 8, 2, exact=_exact_cosine(np.hstack([Z, -Z]).T.copy())
+        _cosine_blocks(_row_normalised(np.hstack([Z, -Z]).T)), 8, 2, exact=ExactCosine(np.hstack([Z, -Z]).T.copy())
     )
     assert set(idx[1]) - {1} == {positive}  # the same choice in gene 1's row of the 2G graph

@@ -318,8 +318,13 @@ class Checkpoint:
                 pass
 
     def close(self) -> None:
-        """Let go of the folder, keeping the checkpoint for a rerun."""
+        """Let go of the folder, keeping the checkpoint for a rerun (a folder this run made and never used goes)."""
         self._lock.release()
+        if self._created and not self.manifest:
+            try:
+                self.folder.rmdir()
+            except OSError:  # not empty: a killed save's parts, removed by the next run
+                pass
 
 
 def _write_panels(M: Matrix, path: Path) -> None:

@@ -9,6 +9,7 @@ makes every graph deterministic.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
@@ -110,16 +111,49 @@ class ExactCosine:
         self.M = M
         self.inverse_norms = 1.0 / np.where(norms > 0, norms, 1.0)
 
+    def __call__(self, start: int, cols: np.ndarray) -> np.ndarray:
+        """Float32-rounded exact cosines of rows ``start..start + b`` with the ``b x c`` columns ``cols``."""
+        b, c = cols.shape
+        rows = np.repeat(np.arange(start, start + b), c)
+        flat = cols.ravel()
+        if sp.issparse(self.M):
+            dots = np.asarray(self.M[rows].astype(np.float64).multiply(self.M[flat]).sum(axis=1)).ravel()
+        else:
+            dots = np.einsum("ij,ij->i", self.M[rows], self.M[flat], dtype=np.float64)
+        return (dots * self.inverse_norms[rows] * self.inverse_norms[flat]).reshape(b, c).astype(np.float32)
+
     def top(self, start: int, S: np.ndarray, m: int, margin: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top ``m`` of rows ``start..start + b``, whose float32 cosines to every row are ``S`` (``b x n``)."""
+        """Exact top ``m`` of rows ``start..start + b``, whose float32 cosines to every row are ``S`` (``b x n``).
+
+        Slices of rows run on the threads of the current execution.
+        """
         from . import ranking
 
         S = np.ascontiguousarray(S, dtype=np.float32)
+        b, n = S.shape
+        m = min(m, n)
+        cols = np.empty((b, m), dtype=np.int64)
+        sims = np.empty((b, m), dtype=np.float32)
         limits = (m, margin, MAX_EXTRA_CANDIDATES, np.float32(CANDIDATE_TOLERANCE))
-        if sp.issparse(self.M):
-            M = self.M
-            return ranking.exact_top_sparse(S, start, M.indptr, M.indices, M.data, self.inverse_norms, *limits)
-        return ranking.exact_top_dense(S, start, self.M, self.inverse_norms, *limits)
+        M = self.M
+
+        def rank(first: int, last: int) -> None:
+            block, out = S[first:last], (cols[first:last], sims[first:last])
+            if sp.issparse(M):
+                ranking.exact_top_sparse(
+                    block, start + first, M.indptr, M.indices, M.data, M.shape[1], self.inverse_norms, *limits, *out
+                )
+            else:
+                ranking.exact_top_dense(block, start + first, M, self.inverse_norms, *limits, *out)
+
+        n_jobs = min(current().n_jobs, b)
+        if n_jobs <= 1:
+            rank(0, b)
+        else:
+            bounds = np.linspace(0, b, n_jobs + 1).astype(int)
+            with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+                list(pool.map(rank, bounds[:-1], bounds[1:]))
+        return cols, sims
 
 
 def _candidates(key: np.ndarray, m: int) -> np.ndarray:

@@ -6,14 +6,14 @@ the candidates a float32 product cannot order reliably (every entry within
 ``m + max_extra`` of them), recomputes their cosines in float64 from the
 un-normalised rows, rounds them to float32 and keeps the ``m`` largest, ties to the
 lower column. This is :func:`sccr._engine.graph.block_top`'s exact ranking, done
-row by row in compiled code on the threads of the run (``prange``), without
-gathering candidate rows into new arrays.
+row by row in compiled code without gathering candidate rows into new arrays. The
+kernels release the GIL: the caller runs slices of rows on its threads.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 _TINY = np.float32(np.finfo(np.float32).tiny)
 
@@ -87,17 +87,15 @@ def _best(cols, sims, m, out_cols, out_sims):  # pragma: no cover
         out_sims[r] = sims[order[r]]
 
 
-@njit(nogil=True, cache=True, parallel=True)
-def exact_top_dense(S, start, M, inverse_norms, m, margin, max_extra, tolerance):  # pragma: no cover
-    """Exact top ``m`` of rows ``start..start + b`` of dense float32 ``M`` (``S``: their float32 cosines)."""
+@njit(nogil=True, cache=True)
+def exact_top_dense(
+    S, start, M, inverse_norms, m, margin, max_extra, tolerance, out_cols, out_sims
+):  # pragma: no cover
+    """Exact top ``m`` of rows ``start..start + b`` of dense float32 ``M`` (``S``: their float32 cosines) into ``out_*``."""
     b, n = S.shape
-    m = min(m, n)
-    capacity = min(n, m + max(margin, max_extra))
-    out_cols = np.empty((b, m), dtype=np.int64)
-    out_sims = np.empty((b, m), dtype=np.float32)
-    for r in prange(b):
-        values = np.empty(capacity, dtype=np.float32)
-        columns = np.empty(capacity, dtype=np.int64)
+    values = np.empty(min(n, m + max(margin, max_extra)), dtype=np.float32)
+    columns = np.empty(values.size, dtype=np.int64)
+    for r in range(b):
         count = _candidates(S[r], m, margin, max_extra, tolerance, values, columns)
         i = start + r
         sims = np.empty(count, dtype=np.float32)
@@ -105,28 +103,20 @@ def exact_top_dense(S, start, M, inverse_norms, m, margin, max_extra, tolerance)
             j = columns[c]
             sims[c] = np.float32(_dense_dot(M[i], M[j]) * inverse_norms[i] * inverse_norms[j])
         _best(columns[:count].copy(), sims, m, out_cols[r], out_sims[r])
-    return out_cols, out_sims
 
 
-@njit(nogil=True, cache=True, parallel=True)
+@njit(nogil=True, cache=True)
 def exact_top_sparse(
-    S, start, indptr, indices, data, inverse_norms, m, margin, max_extra, tolerance
+    S, start, indptr, indices, data, width, inverse_norms, m, margin, max_extra, tolerance, out_cols, out_sims
 ):  # pragma: no cover
-    """:func:`exact_top_dense` for a float32 CSR matrix (``indptr``, ``indices``, ``data``) of ``n`` rows."""
+    """:func:`exact_top_dense` for a float32 CSR matrix (``indptr``, ``indices``, ``data``) of ``width`` columns."""
     b, n = S.shape
-    m = min(m, n)
-    capacity = min(n, m + max(margin, max_extra))
-    width = 0
-    for j in range(indices.size):
-        width = max(width, indices[j] + 1)
-    out_cols = np.empty((b, m), dtype=np.int64)
-    out_sims = np.empty((b, m), dtype=np.float32)
-    for r in prange(b):
-        values = np.empty(capacity, dtype=np.float32)
-        columns = np.empty(capacity, dtype=np.int64)
+    values = np.empty(min(n, m + max(margin, max_extra)), dtype=np.float32)
+    columns = np.empty(values.size, dtype=np.int64)
+    dense_row = np.zeros(width, dtype=np.float64)
+    for r in range(b):
         count = _candidates(S[r], m, margin, max_extra, tolerance, values, columns)
         i = start + r
-        dense_row = np.zeros(width, dtype=np.float64)
         for p in range(indptr[i], indptr[i + 1]):
             dense_row[indices[p]] = data[p]
         sims = np.empty(count, dtype=np.float32)
@@ -134,5 +124,6 @@ def exact_top_sparse(
             j = columns[c]
             dot = _sparse_dot(dense_row, indices[indptr[j] : indptr[j + 1]], data[indptr[j] : indptr[j + 1]])
             sims[c] = np.float32(dot * inverse_norms[i] * inverse_norms[j])
+        for p in range(indptr[i], indptr[i + 1]):
+            dense_row[indices[p]] = 0.0
         _best(columns[:count].copy(), sims, m, out_cols[r], out_sims[r])
-    return out_cols, out_sims
