@@ -318,12 +318,18 @@ class Checkpoint:
                 pass
 
     def close(self) -> None:
-        """Let go of the folder, keeping the checkpoint for a rerun (a folder this run made and never used goes)."""
+        """Let go of the folder, keeping the checkpoint for a rerun.
+
+        A folder this run made and never committed a stage to goes, with what a stopped
+        first save had written (a rerun could not resume from it, nor tell it was sccr's).
+        """
+        if self._created and not self.manifest:
+            self._remove_unlisted()
         self._lock.release()
         if self._created and not self.manifest:
             try:
                 self.folder.rmdir()
-            except OSError:  # not empty: a killed save's parts, removed by the next run
+            except OSError:  # something that is not sccr's is in it
                 pass
 
 
