@@ -47,7 +47,9 @@ def test_tune_scores_every_setting_of_a_small_grid(tmp_path):
     assert len(table) == 7 and (table["method"] == "none").sum() == 1  # 6 settings and no imputation
     assert table["score"].is_monotonic_increasing
     info = a.uns["sccr_tune"]
-    assert info["cost"]["search"] == "grid" and info["cost"]["imputations"] == 6
+    assert info["cost"]["search"] == "grid" and info["cost"]["imputations"] == 6 * 3  # 3 splits by default
+    assert info["cost"]["n_splits"] == 3 and info["config"]["n_splits"] == 3
+    assert table["chosen"].sum() == 1 and table.loc[0, "tied"] and table.loc[0, "se"] == 0
     best = info["best"]
     assert best["method"] == "sccr" and best["k"] != 100  # neighbourhoods spanning every group lose
     assert best == table.attrs["best"]
@@ -68,7 +70,7 @@ def test_no_imputation_can_win():
 
 def test_coordinate_search_stays_within_budget():
     a = planted()
-    table = sccr.tl.tune(a, n_jobs=1, max_imputations=6)  # the default grid: 54 imputations in full
+    table = sccr.tl.tune(a, n_jobs=1, max_imputations=6, n_splits=1)  # the default grid: 54 imputations in full
     cost = a.uns["sccr_tune"]["cost"]
     assert cost["search"] == "coordinate" and cost["imputations"] <= 6 and cost["full_grid_imputations"] == 54
     assert table.loc[table["stage"] == "start", "default"].all()  # the search starts at the published defaults
@@ -78,36 +80,36 @@ def test_coordinate_search_stays_within_budget():
 def test_resume_from_checkpoint(tmp_path):
     a = planted()
     path = tmp_path / "tune.jsonl"
-    first = sccr.tl.tune(a.copy(), grid=SMALL, n_jobs=1, checkpoint=path)
+    first = sccr.tl.tune(a.copy(), grid=SMALL, n_jobs=1, n_splits=1, checkpoint=path)
     lines = path.read_text().splitlines()
     assert len(lines) == 7
     b = a.copy()
-    again = sccr.tl.tune(b, grid=SMALL, n_jobs=1, checkpoint=path)
+    again = sccr.tl.tune(b, grid=SMALL, n_jobs=1, n_splits=1, checkpoint=path)
     assert b.uns["sccr_tune"]["cost"]["imputations"] == 0 and again["reused"].all()
     pd.testing.assert_series_equal(first["score"], again["score"])
     path.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # interrupted while writing the fourth
     c = a.copy()
-    sccr.tl.tune(c, grid=SMALL, n_jobs=1, checkpoint=path)
+    sccr.tl.tune(c, grid=SMALL, n_jobs=1, n_splits=1, checkpoint=path)
     assert c.uns["sccr_tune"]["cost"]["imputations"] == 4  # three reused (one of them no imputation)
     other_seed = a.copy()
-    sccr.tl.tune(other_seed, grid=SMALL, n_jobs=1, checkpoint=path, random_state=1)
+    sccr.tl.tune(other_seed, grid=SMALL, n_jobs=1, n_splits=1, checkpoint=path, random_state=1)
     assert other_seed.uns["sccr_tune"]["cost"]["imputations"] == 6  # another split: nothing reused
 
 
 def test_resume_from_uns():
     a = planted()
-    sccr.tl.tune(a, grid=SMALL, n_jobs=1)
-    table = sccr.tl.tune(a, grid={**SMALL, "k": [5, 10, 100, 20]}, n_jobs=1)
+    sccr.tl.tune(a, grid=SMALL, n_jobs=1, n_splits=1)
+    table = sccr.tl.tune(a, grid={**SMALL, "k": [5, 10, 100, 20]}, n_jobs=1, n_splits=1)
     assert a.uns["sccr_tune"]["cost"]["imputations"] == 2 and table["reused"].sum() == 7
 
 
 def test_progress_and_cost_are_reported(capsys):
     a = planted()
     notes = []
-    sccr.tl.tune(a, grid=SMALL, n_jobs=1, echo=notes.append)
+    sccr.tl.tune(a, grid=SMALL, n_jobs=1, n_splits=1, echo=notes.append)
     assert "6 settings in the grid" in notes[0] and "6 imputations" in notes[0]
     assert notes[-1].startswith("6 imputations in")
-    sccr.tl.tune(planted(), grid=SMALL, n_jobs=1, progress=True)
+    sccr.tl.tune(planted(), grid=SMALL, n_jobs=1, n_splits=1, progress=True)
     err = capsys.readouterr().err
     assert "tune" in err and "7/7" in err and "sccr tune: 6 settings in the grid" in err
 
