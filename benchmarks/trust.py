@@ -72,6 +72,49 @@ def label_aris(matrices, labels) -> list[float]:
     return [clustering_scores(M, labels, seed=0, n_init=20)["ari"] for M in matrices]
 
 
+def stability_section(name: str, adata, labels, settings: dict, n_jobs: int) -> dict:
+    """Stability of the defaults (5 reruns) and of the choice (3), against the label ARI of the same reruns."""
+    out = {}
+    for key, n_runs in (("defaults", 5), ("tuned", 3)):
+        setting = settings[key]
+        if setting["method"] == "none":
+            out[key] = None
+            continue
+        params = {k: v for k, v in setting.items() if k != "method"}
+        st = sccr.tl.stability(
+            adata,
+            n_runs=n_runs,
+            method=setting["method"],
+            params=params,
+            n_jobs=n_jobs,
+            keep_runs=True,
+            progress=False,
+            key_added=f"st_{key}",
+        )
+        aris = label_aris(st.pop("runs_imputed"), labels)
+        st["label_ari_reruns"] = aris
+        st["label_ari_range"] = float(max(aris) - min(aris))
+        st["label_ari_sd"] = float(np.std(aris))
+        out[key] = st
+        print(
+            f"  [{name}] stability {key}: {st['verdict']}, fragility {st['fragility']:.3f}, "
+            f"multi-K {st['fragility_multi_k']:.3f}, reassigned {st['cells_reassigned']:.4f}, "
+            f"label ARI over reruns {np.round(aris, 3).tolist()}",
+            flush=True,
+        )
+    return out
+
+
+def rerun_stability(name: str, record: dict, n_jobs: int) -> None:
+    """Recompute only the stability section of a stored record (same settings)."""
+    adata = load(name)
+    labels = np.asarray(adata.obs["celltype"])
+    settings = {"defaults": DEFAULTS, "tuned": dict(record["tune"]["best"])}
+    c0 = time.process_time()
+    record["stability"] = stability_section(name, adata, labels, settings, n_jobs)
+    record["stability_cpu_seconds"] = time.process_time() - c0
+
+
 def run_dataset(name: str, n_jobs: int) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     adata = load(name)
@@ -94,12 +137,18 @@ def run_dataset(name: str, n_jobs: int) -> dict:
         "config": dict(info["config"]),
         "table": json.loads(table.to_json(orient="records")),
     }
+    lowest = dict(info["lowest"])
+    record["tune"]["lowest"] = lowest
+    record["tune"]["select"] = info["select"]
+    record["tune"]["tied"] = [row["setting"] for _, row in table.iterrows() if row["tied"]]
     score_of = {
         "none": float(info["none_score"]),
         "tuned": float(info["best_score"]),
+        "lowest": float(info["lowest_score"]),
         "defaults": float(table.loc[table["default"], "score"].iloc[0]),
     }
-    settings = {"none": {"method": "none"}, "defaults": DEFAULTS, "tuned": best}
+    # "lowest": what the lowest MCV score alone (select="min", the rule before the one-SE rule) would choose
+    settings = {"none": {"method": "none"}, "defaults": DEFAULTS, "tuned": best, "lowest": lowest}
     print(
         f"  [{name}] tuned: {best} ({info['cost']['imputations']} imputations, {info['cost']['seconds']:.0f} s)",
         flush=True,
@@ -125,34 +174,7 @@ def run_dataset(name: str, n_jobs: int) -> dict:
     record["dropout_0.2"] = recovery
     record["mcv_score"] = score_of
 
-    # stability of the defaults and of the choice, against the label ARI of the same reruns
-    record["stability"] = {}
-    for key, n_runs in (("defaults", 5), ("tuned", 3)):
-        setting = settings[key]
-        if setting["method"] == "none":
-            record["stability"][key] = None
-            continue
-        params = {k: v for k, v in setting.items() if k != "method"}
-        st = sccr.tl.stability(
-            adata,
-            n_runs=n_runs,
-            method=setting["method"],
-            params=params,
-            n_jobs=n_jobs,
-            keep_runs=True,
-            progress=False,
-            key_added=f"st_{key}",
-        )
-        aris = label_aris(st.pop("runs_imputed"), labels)
-        st["label_ari_reruns"] = aris
-        st["label_ari_range"] = float(max(aris) - min(aris))
-        st["label_ari_sd"] = float(np.std(aris))
-        record["stability"][key] = st
-        print(
-            f"  [{name}] stability {key}: {st['verdict']}, fragility {st['fragility']:.3f}, "
-            f"label ARI over reruns {np.round(aris, 3).tolist()}",
-            flush=True,
-        )
+    record["stability"] = stability_section(name, adata, labels, settings, n_jobs)
 
     # the permutation null for scCR's signed gene graph (defaults)
     model = models["defaults"]
@@ -173,9 +195,14 @@ def run_dataset(name: str, n_jobs: int) -> dict:
 def summary(results: dict) -> str:
     lines = ["| data set | setting | MCV MSE | ARI | NMI | CA | RMSE 20% dropout |", "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        for key in ("none", "defaults", "tuned"):
+        for key in ("none", "defaults", "tuned", "lowest"):
+            if key not in r["clustering"]:
+                continue
             c = r["clustering"][key]
-            label = key if key != "tuned" else "tuned: " + ", ".join(f"{k}={v}" for k, v in r["tune"]["best"].items())
+            setting = r["tune"].get(key if key == "lowest" else "best", {})
+            label = (
+                key if key in ("none", "defaults") else f"{key}: " + ", ".join(f"{k}={v}" for k, v in setting.items())
+            )
             lines.append(
                 f"| {name} | {label} | {r['mcv_score'][key]:.5f} | {c['ari']['mean']:.3f} ± {c['ari']['sd']:.3f} | "
                 f"{c['nmi']['mean']:.3f} ± {c['nmi']['sd']:.3f} | {c['ca']['mean']:.3f} ± {c['ca']['sd']:.3f} | "
@@ -183,15 +210,16 @@ def summary(results: dict) -> str:
             )
     lines += [
         "",
-        "| data set | setting | verdict | fragility (1 - min ARI between reruns) | cells moved > 0.1 | max change | label ARI over reruns (seed 0) | range |",
-        "|---|---|---|---|---|---|---|---|",
+        "| data set | setting | verdict | fragility (1 - min ARI between reruns) | multi-K fragility | cells reassigned | cells moved > 0.1 | max change | label ARI over reruns (seed 0) | range |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         for key in ("defaults", "tuned"):
             st = r["stability"].get(key)
             if st:
                 lines.append(
-                    f"| {name} | {key} | {st['verdict']} | {st['fragility']:.3f} | {100 * st['cells_moved']:.1f}% | "
+                    f"| {name} | {key} | {st['verdict']} | {st['fragility']:.3f} | {st.get('fragility_multi_k', float('nan')):.3f} | "
+                    f"{100 * st.get('cells_reassigned', float('nan')):.2f}% | {100 * st['cells_moved']:.1f}% | "
                     f"{st['max_change']:.2f} | {', '.join(f'{a:.3f}' for a in st['label_ari_reruns'])} | {st['label_ari_range']:.3f} |"
                 )
     lines += [
@@ -217,6 +245,11 @@ def targets(results: dict) -> dict:
         n: r["clustering"]["tuned"]["ari"]["mean"] - r["clustering"]["defaults"]["ari"]["mean"]
         for n, r in results.items()
     }
+    lowest_diffs = {
+        n: r["clustering"]["lowest"]["ari"]["mean"] - r["clustering"]["none"]["ari"]["mean"]
+        for n, r in results.items()
+        if "lowest" in r["clustering"]
+    }
     names = list(results)
     fragility = {n: results[n]["stability"]["defaults"]["fragility"] for n in names}
     shown = {n: results[n]["stability"]["defaults"]["label_ari_range"] for n in names}
@@ -224,14 +257,31 @@ def targets(results: dict) -> dict:
     def rank(d):
         return [n for n, _ in sorted(d.items(), key=lambda kv: kv[1])]
 
+    from scipy.stats import spearmanr
+
+    cases = [(n, k) for n in names for k in ("defaults", "tuned") if results[n]["stability"].get(k)]
+    shown_cases = [results[n]["stability"][k]["label_ari_range"] for n, k in cases]
+    correlations = {}
+    for measure in ("fragility", "fragility_multi_k", "cells_reassigned"):
+        if all(measure in results[n]["stability"][k] for n, k in cases):
+            values = [results[n]["stability"][k][measure] for n, k in cases]
+            correlations[measure] = float(spearmanr(values, shown_cases).statistic)
+    multi = {n: results[n]["stability"]["defaults"].get("fragility_multi_k", np.nan) for n in names}
+
     return {
         "tuned_minus_none_ari": diffs,
         "never_worse_than_none_by_0.01": bool(all(d >= -0.01 for d in diffs.values())),
         "tuned_minus_defaults_ari": gains,
         "beats_defaults_on_average": bool(np.mean(list(gains.values())) > 0),
+        "mean_tuned_minus_defaults_ari": float(np.mean(list(gains.values()))),
+        "lowest_minus_none_ari (select='min')": lowest_diffs,
         "fragility_rank": rank(fragility),
         "rerun_label_ari_range_rank": rank(shown),
         "fragility_rank_consistent": rank(fragility) == rank(shown),
+        "fragility_multi_k_rank": rank(multi),
+        "fragility_multi_k_rank_consistent": rank(multi) == rank(shown),
+        "cases": [f"{n}/{k}" for n, k in cases],
+        "spearman_with_rerun_label_ari_range": correlations,
     }
 
 
@@ -241,12 +291,20 @@ def main() -> None:
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "trust.json"))
     parser.add_argument("--force", action="store_true")
+    parser.add_argument(
+        "--stability-only", action="store_true", help="recompute only the stability sections of the stored data sets"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore", sccr.InputWarning)
     out = Path(args.out)
     stored = json.loads(out.read_text()) if out.exists() and not args.force else {}
     results = stored.get("datasets", {})
     for name in args.datasets.split(","):
+        if args.stability_only:
+            print(f"{name}: stability only", flush=True)
+            rerun_stability(name, results[name], args.n_jobs)
+            out.write_text(json.dumps({"datasets": results, "versions": sccr.__version__}, indent=1, default=float))
+            continue
         if name in results:
             print(f"{name}: already in {out}, skipped (--force to redo)")
             continue

@@ -260,3 +260,43 @@ def test_null_figure(tmp_path):
     sccr.tl.null_check(a, params={"k": 10})
     ax = sccr.pl.null_correlations(a, save=tmp_path / "null.png")
     assert ax.get_xlabel().startswith("correlation") and (tmp_path / "null.png").stat().st_size > 0
+
+
+# --- several splits and standard errors ---------------------------------------------------------
+
+
+def test_several_splits_average_and_keep_the_first():
+    counts, _ = planted_counts()
+    a = counts_adata(counts)
+    one = sccr.tl.score(a, method="sccr", params={"k": 10}, n_jobs=1, random_state=4)
+    three = sccr.tl.score(a, method="sccr", params={"k": 10}, n_jobs=1, random_state=4, n_splits=3)
+    assert one["score_splits"] == [one["score"]] and "n_splits" not in one  # one split: as before
+    assert three["n_splits"] == 3 and len(three["score_splits"]) == 3
+    assert three["score_splits"][0] == pytest.approx(one["score"], rel=1e-12)  # split 0 is the single split
+    assert three["score"] == pytest.approx(np.mean(three["score_splits"]))
+    assert len(set(three["score_splits"])) == 3  # the other splits differ
+    assert sccr.tl.score(a, method="none", n_splits=2)["change"] == 0  # no imputation changes nothing
+    assert three["change"] > 0 and "cell_groups" not in three
+    with pytest.raises(sccr.InputError, match="n_splits"):
+        sccr.tl.score(a, n_splits=0)
+
+
+def test_group_losses_add_up_to_the_loss():
+    from sccr.tl._score import N_GROUPS, paired_se
+
+    counts, _ = planted_counts(n_per=50)  # 150 cells: 100 groups of one or two cells
+    a = counts_adata(counts)
+    scorer = Scorer(a, n_jobs=1, n_splits=2)
+    result = scorer.evaluate("sccr", {"k": 10})
+    groups = np.asarray(result["cell_groups"])
+    assert groups.shape == (2, N_GROUPS)
+    sizes = np.bincount(np.arange(150) % N_GROUPS)
+    for s in range(2):  # the groups' losses, weighted by their cells, are the split's loss
+        assert np.sum(groups[s] * sizes) / 150 == pytest.approx(result["score_splits"][s], rel=1e-9)
+    none = scorer.evaluate("none")
+    d = (groups - np.asarray(none["cell_groups"])).mean(axis=0)
+    assert paired_se(result["cell_groups"], none["cell_groups"]) == pytest.approx(d.std(ddof=1) / np.sqrt(N_GROUPS))
+    assert paired_se(result["cell_groups"], result["cell_groups"]) == 0
+    assert np.isnan(paired_se(None, none["cell_groups"]))
+    masked = Scorer(ad.AnnData(X=normalise_counts(counts)[0]), strategy="mask", n_jobs=1).evaluate("none")
+    assert masked["cell_groups"] is None and masked["change"] == 0

@@ -120,3 +120,31 @@ def test_bad_input():
         sccr.tl.stability(a, n_runs=0)
     with pytest.raises(sccr.InputError, match="'kk'"):
         sccr.tl.stability(a, params={"kk": 2})
+
+
+def test_agreement_over_several_cluster_counts():
+    from sccr.tl._stability import cluster_range, reassigned
+
+    assert cluster_range(7, 1000) == [4, 7, 14] and cluster_range(2, 1000) == [2, 4] and cluster_range(9, 12) == [4, 9]
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(reassigned(labels, (labels + 1) % 3), np.zeros(6, bool))  # renamed: none moved
+    np.testing.assert_array_equal(reassigned(labels, np.array([0, 1, 1, 1, 2, 2])), [0, 1, 0, 0, 0, 0])
+    a = ad.AnnData(X=sp.csr_matrix(separated()))
+    result = sccr.tl.stability(a, n_runs=2, perturbations=("rerun",), n_jobs=1, n_clusters=3)
+    assert result["cluster_range"] == [2, 3, 6] and set(result["ari_min_by_k"]) == {"2", "3", "6"}
+    assert result["fragility_multi_k"] == 0.0 and result["cells_reassigned"] == 0.0
+    assert (a.obs["sccr_stability_reassigned"] == 0).all()
+    assert {"ari_k2", "ari_k3", "ari_k6", "cells_reassigned"} <= set(a.uns["sccr_stability"]["runs"].columns)
+
+
+def test_reassigned_cells_are_counted_per_cell():
+    rng = np.random.default_rng(1)
+    X = rng.uniform(0, 1, size=(60, 8)).astype(np.float32)  # no structure: clusterings are arbitrary
+    a = ad.AnnData(X=X)
+    result = sccr.tl.stability(
+        a, n_runs=3, perturbations=("approx", "permute"), n_jobs=1, n_clusters=4, params={"k": 5}
+    )
+    share = a.obs["sccr_stability_reassigned"].to_numpy()
+    assert ((share >= 0) & (share <= 1)).all()
+    assert result["cells_reassigned"] == pytest.approx(share.mean(), abs=1e-6)
+    assert 0 <= result["fragility_multi_k"] <= 2

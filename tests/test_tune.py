@@ -47,7 +47,9 @@ def test_tune_scores_every_setting_of_a_small_grid(tmp_path):
     assert len(table) == 7 and (table["method"] == "none").sum() == 1  # 6 settings and no imputation
     assert table["score"].is_monotonic_increasing
     info = a.uns["sccr_tune"]
-    assert info["cost"]["search"] == "grid" and info["cost"]["imputations"] == 6
+    assert info["cost"]["search"] == "grid" and info["cost"]["imputations"] == 6 * 3  # 3 splits by default
+    assert info["cost"]["n_splits"] == 3 and info["config"]["n_splits"] == 3
+    assert table["chosen"].sum() == 1 and table.loc[0, "tied"] and table.loc[0, "se"] == 0
     best = info["best"]
     assert best["method"] == "sccr" and best["k"] != 100  # neighbourhoods spanning every group lose
     assert best == table.attrs["best"]
@@ -68,7 +70,7 @@ def test_no_imputation_can_win():
 
 def test_coordinate_search_stays_within_budget():
     a = planted()
-    table = sccr.tl.tune(a, n_jobs=1, max_imputations=6)  # the default grid: 54 imputations in full
+    table = sccr.tl.tune(a, n_jobs=1, max_imputations=6, n_splits=1)  # the default grid: 54 imputations in full
     cost = a.uns["sccr_tune"]["cost"]
     assert cost["search"] == "coordinate" and cost["imputations"] <= 6 and cost["full_grid_imputations"] == 54
     assert table.loc[table["stage"] == "start", "default"].all()  # the search starts at the published defaults
@@ -78,36 +80,36 @@ def test_coordinate_search_stays_within_budget():
 def test_resume_from_checkpoint(tmp_path):
     a = planted()
     path = tmp_path / "tune.jsonl"
-    first = sccr.tl.tune(a.copy(), grid=SMALL, n_jobs=1, checkpoint=path)
+    first = sccr.tl.tune(a.copy(), grid=SMALL, n_jobs=1, n_splits=1, checkpoint=path)
     lines = path.read_text().splitlines()
     assert len(lines) == 7
     b = a.copy()
-    again = sccr.tl.tune(b, grid=SMALL, n_jobs=1, checkpoint=path)
+    again = sccr.tl.tune(b, grid=SMALL, n_jobs=1, n_splits=1, checkpoint=path)
     assert b.uns["sccr_tune"]["cost"]["imputations"] == 0 and again["reused"].all()
     pd.testing.assert_series_equal(first["score"], again["score"])
     path.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # interrupted while writing the fourth
     c = a.copy()
-    sccr.tl.tune(c, grid=SMALL, n_jobs=1, checkpoint=path)
+    sccr.tl.tune(c, grid=SMALL, n_jobs=1, n_splits=1, checkpoint=path)
     assert c.uns["sccr_tune"]["cost"]["imputations"] == 4  # three reused (one of them no imputation)
     other_seed = a.copy()
-    sccr.tl.tune(other_seed, grid=SMALL, n_jobs=1, checkpoint=path, random_state=1)
+    sccr.tl.tune(other_seed, grid=SMALL, n_jobs=1, n_splits=1, checkpoint=path, random_state=1)
     assert other_seed.uns["sccr_tune"]["cost"]["imputations"] == 6  # another split: nothing reused
 
 
 def test_resume_from_uns():
     a = planted()
-    sccr.tl.tune(a, grid=SMALL, n_jobs=1)
-    table = sccr.tl.tune(a, grid={**SMALL, "k": [5, 10, 100, 20]}, n_jobs=1)
+    sccr.tl.tune(a, grid=SMALL, n_jobs=1, n_splits=1)
+    table = sccr.tl.tune(a, grid={**SMALL, "k": [5, 10, 100, 20]}, n_jobs=1, n_splits=1)
     assert a.uns["sccr_tune"]["cost"]["imputations"] == 2 and table["reused"].sum() == 7
 
 
 def test_progress_and_cost_are_reported(capsys):
     a = planted()
     notes = []
-    sccr.tl.tune(a, grid=SMALL, n_jobs=1, echo=notes.append)
+    sccr.tl.tune(a, grid=SMALL, n_jobs=1, n_splits=1, echo=notes.append)
     assert "6 settings in the grid" in notes[0] and "6 imputations" in notes[0]
     assert notes[-1].startswith("6 imputations in")
-    sccr.tl.tune(planted(), grid=SMALL, n_jobs=1, progress=True)
+    sccr.tl.tune(planted(), grid=SMALL, n_jobs=1, n_splits=1, progress=True)
     err = capsys.readouterr().err
     assert "tune" in err and "7/7" in err and "sccr tune: 6 settings in the grid" in err
 
@@ -191,3 +193,70 @@ def test_commands(tmp_path, capsys):
         == 0
     )
     assert "Should I impute" in (tmp_path / "d" / "report.md").read_text()
+
+
+def _fake_runner(rows):
+    """A _Runner-like object holding scored records: (name, method, score, change, groups)."""
+    from types import SimpleNamespace
+
+    records = {
+        name: {"method": method, "params": {}, "score": score, "change": change, "cell_groups": groups}
+        for name, method, score, change, groups in rows
+    }
+    return SimpleNamespace(records=records, order=[r[0] for r in rows])
+
+
+def test_one_se_rule_prefers_the_mildest_tied_setting():
+    from sccr.tl._tune import _select
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(1.0, 0.1, size=(2, 50))
+    rows = [
+        ("none", "none", base.mean() + 0.5, 0.0, (base + 0.5).tolist()),  # clearly worse: not tied
+        ("strong", "sccr", base.mean(), 0.9, base.tolist()),  # the lowest score
+        ("mild", "sccr", base.mean() + 0.001, 0.2, (base + 0.001 + rng.normal(0, 0.05, (2, 50))).tolist()),
+        ("other", "sccr", base.mean() + 0.3, 0.1, (base + 0.3).tolist()),  # milder still, but not tied
+    ]
+    chosen, lowest, se, tied = _select(_fake_runner(rows), "one_se")
+    assert lowest == "strong" and se["strong"] == 0
+    assert tied == {"none": False, "strong": True, "mild": True, "other": False}
+    assert chosen == "mild"  # tied with the lowest and changes the data less
+    assert _select(_fake_runner(rows), "min")[0] == "strong"
+    rows[0] = ("none", "none", base.mean() + 0.0005, 0.0, (base + 0.0005 + rng.normal(0, 0.05, (2, 50))).tolist())
+    assert _select(_fake_runner(rows), "one_se")[0] == "none"  # imputing is not measurably better: do not impute
+    no_groups = [(n, m, s, c, None) for n, m, s, c, _ in rows]
+    chosen, lowest, se, tied = _select(_fake_runner(no_groups), "one_se")
+    assert chosen == lowest == "strong" and np.isnan(se["mild"])  # without standard errors: the lowest
+
+
+def test_tune_one_se_rule_end_to_end():
+    a = planted()
+    table = sccr.tl.tune(a, grid=SMALL, n_jobs=1, n_splits=2)
+    info = a.uns["sccr_tune"]
+    lowest = table.iloc[0]
+    assert info["select"] == "one_se" and info["lowest_score"] == lowest["score"]
+    assert info["cell_groups"].shape == (len(table), 2, 100 if a.n_obs >= 100 else a.n_obs)
+    tied = table[table["tied"]]
+    assert ((tied["score"] - lowest["score"]) <= tied["se"]).all()
+    assert ((table.loc[~table["tied"], "score"] - lowest["score"]) > table.loc[~table["tied"], "se"]).all()
+    chosen = table[table["chosen"]].iloc[0]
+    assert chosen["tied"] and chosen["change"] == tied["change"].min()
+    assert info["best_score"] == chosen["score"]
+    assert (table["method"] == "none").any() and table.loc[table["method"] == "none", "change"].iloc[0] == 0
+    again = sccr.tl.tune(a, grid=SMALL, n_jobs=1, n_splits=2)  # resumed from uns: same choice and errors
+    assert a.uns["sccr_tune"]["cost"]["imputations"] == 0 and a.uns["sccr_tune"]["best"] == info["best"]
+    np.testing.assert_allclose(again["se"], table["se"])
+    b = planted()
+    sccr.tl.tune(b, grid=SMALL, n_jobs=1, n_splits=2, select="min")
+    assert b.uns["sccr_tune"]["best"] == b.uns["sccr_tune"]["lowest"]
+    with pytest.raises(sccr.InputError, match="select must be one of"):
+        sccr.tl.tune(b, grid=SMALL, select="best")
+
+
+def test_tune_with_masks_selects_the_lowest():
+    a = planted()
+    masked = ad.AnnData(X=a.X.copy())
+    table = sccr.tl.tune(masked, grid=SMALL, n_jobs=1, n_splits=1)
+    info = masked.uns["sccr_tune"]
+    assert info["config"]["strategy"] == "mask" and info["select"] == "min"
+    assert info["best"] == info["lowest"] and table.loc[0, "chosen"] and "cell_groups" not in info

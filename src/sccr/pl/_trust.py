@@ -57,7 +57,7 @@ def tune_curves(data, *, key: str = "sccr_tune", score: str = "score", save: str
     Returns
     -------
     matplotlib.figure.Figure
-        One panel per option; the dashed line is no imputation, the star the best setting.
+        One panel per option; the dashed line is no imputation, the star the chosen setting.
     """
     from matplotlib.figure import Figure
 
@@ -72,7 +72,8 @@ def tune_curves(data, *, key: str = "sccr_tune", score: str = "score", save: str
     options = options or ["method"]
     fig = Figure(figsize=(3.2 * len(options), 3.2), layout="constrained")
     axes = fig.subplots(1, len(options), squeeze=False)[0]
-    best = table.iloc[0]
+    chosen = table.index[table["chosen"].astype(bool)] if "chosen" in table.columns else []
+    best = table.loc[chosen[0]] if len(chosen) else table.iloc[0]  # the chosen setting (older tables: the lowest)
     for ax, option in zip(axes, options, strict=True):
         rows = imputed.dropna(subset=[option])
         values = sorted(rows[option].unique(), key=lambda v: (isinstance(v, str), v))
@@ -92,7 +93,7 @@ def tune_curves(data, *, key: str = "sccr_tune", score: str = "score", save: str
                 s=160,
                 color="C1",
                 zorder=4,
-                label="best",
+                label="chosen",
             )
         ax.set_xticks(range(len(values)), [f"{v:g}" if numeric else str(v) for v in values])
         ax.set_xlabel(option)

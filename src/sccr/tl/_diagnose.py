@@ -35,6 +35,8 @@ def diagnose(
     figures: bool = True,
     progress: bool | None = None,
     echo: Callable[[str], None] | None = None,
+    n_splits: int | None = None,
+    select: str = "one_se",
 ) -> dict[str, Any]:
     """Tune, check stability and the permutation null, and write a short report.
 
@@ -50,7 +52,7 @@ def diagnose(
     out
         Folder for ``report.md``, ``tune.csv``, ``tune.jsonl`` (checkpoint: a rerun resumes),
         ``diagnose.json`` and ``figures/`` (``None``: nothing written).
-    grid, strategy, layer, counts_layer, random_state, n_jobs, max_imputations
+    grid, strategy, layer, counts_layer, random_state, n_jobs, max_imputations, n_splits, select
         As in :func:`sccr.tl.tune`.
     n_runs
         Perturbed reruns of :func:`sccr.tl.stability`.
@@ -90,6 +92,8 @@ def diagnose(
         checkpoint=None if folder is None else folder / "tune.jsonl",
         progress=progress,
         echo=echo,
+        n_splits=n_splits,
+        select=select,
     )
     info = adata.uns["sccr_tune"]
     best = dict(info["best"])
@@ -206,7 +210,12 @@ def report_text(result: Mapping[str, Any], *, figures: Mapping[str, str]) -> str
     lines = ["# sccr diagnose", ""]
     lines += ["## Should I impute this data?", ""]
     what = "molecular cross-validation (MCV MSE)" if result["strategy"] == "mcv" else "masked-entry recovery (RMSE)"
-    if answer == "do not impute":
+    if answer == "do not impute" and _best_imputing_score(result) < result["none_score"]:
+        lines.append(
+            f"**No.** No imputation is within one standard error of the best imputation tried on {what} "
+            f"({result['none_score']:.5g} against {_best_imputing_score(result):.5g}): imputing is not measurably better."
+        )
+    elif answer == "do not impute":
         lines.append(
             f"**No.** No imputation scores best on {what}: {result['none_score']:.5g} against "
             f"{_best_imputing_score(result):.5g} for the best imputation tried."
@@ -351,7 +360,17 @@ def _add_common(p) -> None:
         metavar="JSON",
         help='grid as JSON, e.g. \'{"k": [5, 15], "beta": [0.9, 0.99]}\' (default: the documented grid)',
     )
-    p.add_argument("--max-imputations", type=int, default=16, help="budget of the coordinate search (default: 16)")
+    p.add_argument(
+        "--max-imputations", type=int, default=16, help="budget of the coordinate search, per split (default: 16)"
+    )
+    p.add_argument("--n-splits", type=int, default=None, help="independent MCV splits per setting (default: 3)")
+    p.add_argument(
+        "--select",
+        default="one_se",
+        choices=["one_se", "min"],
+        help="'one_se' (default): the setting changing the data least among those within one standard error of the "
+        "lowest score (no imputation included); 'min': the lowest score",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--n-jobs", type=int, default=None, help="threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
@@ -452,6 +471,8 @@ def tune_command(args) -> None:
         n_jobs=args.n_jobs,
         search=args.search,
         max_imputations=args.max_imputations,
+        n_splits=args.n_splits,
+        select=args.select,
         checkpoint=folder / "tune.jsonl",
         progress=False if args.quiet else None,
         echo=echo,
@@ -479,6 +500,8 @@ def diagnose_command(args) -> None:
         n_runs=args.n_runs,
         null_threshold=args.null_threshold,
         max_imputations=args.max_imputations,
+        n_splits=args.n_splits,
+        select=args.select,
         figures=not args.no_figures,
         progress=False if args.quiet else None,
         echo=echo,

@@ -36,8 +36,13 @@ METHOD_KEYS = {
 }
 #: Published defaults of :func:`sccr.impute` (from :class:`sccr._options.Options`).
 DEFAULTS = {key: getattr(OPTION_DEFAULTS, key) for key in PARAM_KEYS}
-#: Fraction of the molecules in the half that is imputed (Batson et al.'s ``p``); docs/trust.md says why 0.9.
+#: Fraction of the molecules in the half that is imputed (Batson et al.'s ``p``): close to 1, so that the
+#: loss measures denoising at nearly the depth of the data (the bias of a smaller ``p`` is towards more
+#: smoothing), as in Batson et al.'s reference code (``data_split=0.9``); docs/trust.md says why.
 DEFAULT_SPLIT = 0.9
+#: Cells are dealt into this many groups (cell ``i`` into group ``i % N_GROUPS``) for the standard errors of
+#: loss differences (:func:`paired_se`): the loss of each group is kept for every split.
+N_GROUPS = 100
 #: Smallest predicted count in the Poisson loss (a prediction of exactly 0 for an observed count has infinite loss).
 POISSON_FLOOR = 1e-4
 #: Bytes of scCR outputs a :class:`Scorer` keeps to derive other values of ``gamma`` without a run.
@@ -286,20 +291,35 @@ class _MCVData:
 
     def losses(self, imputed: np.ndarray) -> dict[str, float]:
         """``mcv_mse`` (log-normalised space) and ``mcv_poisson`` (count scale) of an imputation of half 1."""
+        return self.details(imputed)[0]
+
+    def details(self, imputed: np.ndarray) -> tuple[dict[str, float], np.ndarray, float]:
+        """:meth:`losses`, the ``mcv_mse`` of each group of cells (:data:`N_GROUPS`), and ``change``.
+
+        ``change`` is the mean squared difference between the imputation and its input (half 1):
+        how far the setting moves the data from no imputation (0 for ``"none"``).
+        """
         from scipy.special import gammaln
 
         p, (n, g) = self.p, self.shape
         depth = self.totals1 / self.median1 * ((1.0 - p) / p)  # half-1 normalised means -> half-2 counts
-        squares = poisson = 0.0
+        squares = poisson = change = 0.0
+        n_groups = min(N_GROUPS, n)
+        group_squares = np.zeros(n_groups)
         for start in range(0, n, self.BLOCK):
             stop = min(start + self.BLOCK, n)
             block = np.asarray(imputed[start:stop], dtype=np.float32)
             predicted = convert_log1p(block, p, 1.0 - p).astype(np.float64)
-            squares += float(np.sum((predicted - self.target[start:stop].toarray()) ** 2))
+            rows = np.sum((predicted - self.target[start:stop].toarray()) ** 2, axis=1)
+            squares += float(rows.sum())
+            group_squares += np.bincount(np.arange(start, stop) % n_groups, weights=rows, minlength=n_groups)
+            change += float(np.sum((block - self.input[start:stop].toarray()) ** 2, dtype=np.float64))
             mean = np.maximum(invert_log1p(block) * depth[start:stop, None], POISSON_FLOOR)
             y = self.counts2[start:stop].toarray()
             poisson += float(np.sum(mean - y * np.log(mean) + gammaln(y + 1)))
-        return {"mcv_mse": squares / (n * g), "mcv_poisson": poisson / (n * g)}
+        group_cells = np.bincount(np.arange(n) % n_groups, minlength=n_groups)
+        losses = {"mcv_mse": squares / (n * g), "mcv_poisson": poisson / (n * g)}
+        return losses, group_squares / (group_cells * g), change / (n * g)
 
 
 class _MaskData:
@@ -321,6 +341,11 @@ class _MaskData:
         self.uniform = (ru, cu, np.asarray(X[ru, cu]).ravel())
         self.low = (rm, cm, np.asarray(X[rm, cm]).ravel())
         self.shape = X.shape
+
+    def details(self, imputed: np.ndarray) -> tuple[dict[str, float], None, float]:
+        """:meth:`losses`, no group losses (the 1-SE rule of :func:`sccr.tl.tune` needs MCV), and ``change``."""
+        X = self.input.toarray()
+        return self.losses(imputed), None, float(np.mean((np.asarray(imputed, dtype=np.float64) - X) ** 2))
 
     def losses(self, imputed: np.ndarray) -> dict[str, float]:
         from .._evaluation import imputation_errors
@@ -347,8 +372,10 @@ def impute_matrix(X, method, params: Mapping[str, Any], *, random_state: int | N
 
 
 class Scorer:
-    """Scores many settings on one prepared split (or mask): the work shared by :func:`score` and :func:`sccr.tl.tune`.
+    """Scores many settings on prepared splits (or masks): the work shared by :func:`score` and :func:`sccr.tl.tune`.
 
+    ``n_splits`` independent splits (the first with seed ``random_state``, the others derived from it) are
+    prepared once; each setting is imputed on every split and its losses averaged.
     Outputs of scCR differ linearly in ``gamma`` (ALGORITHM.md step 6: the output is
     ``(1 - gamma) F + gamma B``), so two runs that differ only in ``gamma`` give every
     other ``gamma`` without a third run; outputs are kept for that, up to
@@ -366,11 +393,19 @@ class Scorer:
         n_jobs: int | None = None,
         split: float = DEFAULT_SPLIT,
         mask_rate: float = 0.1,
+        n_splits: int = 1,
     ) -> None:
-        from .._options import _check_fraction, _check_seed
+        from .._options import _check_fraction, _check_int, _check_seed
 
         self.random_state = _check_seed(random_state)
+        self.n_splits = _check_int("n_splits", n_splits, 1)
         self.n_jobs = n_jobs
+        seeds = [self.random_state] + [  # split 0 is the single split of n_splits=1; the others do not overlap seeds
+            None
+            if self.random_state is None
+            else int(np.random.SeedSequence([self.random_state, i]).generate_state(1)[0])
+            for i in range(1, self.n_splits)
+        ]
         counts, source = (
             resolve_counts(adata, layer=layer, counts_layer=counts_layer) if strategy != "mask" else (None, None)
         )
@@ -382,35 +417,41 @@ class Scorer:
                 from .._errors import InputError
 
                 raise InputError(f"split must be strictly between 0 and 1, got {split}")
-            self.data = _MCVData(counts, split, self.random_state)
+            self.splits = [_MCVData(counts, split, seed) for seed in seeds]
             self.config = {"strategy": "mcv", "split": split, "counts": source}
         else:
             mask_rate = _check_fraction("mask_rate", mask_rate)
-            self.data = _MaskData(expression(adata, layer=layer), mask_rate, self.random_state)
+            X = expression(adata, layer=layer)
+            self.splits = [_MaskData(X, mask_rate, seed) for seed in seeds]
             self.config = {"strategy": "mask", "mask_rate": mask_rate}
+        self.data = self.splits[0]
         self.config.update(random_state=self.random_state, shape=list(self.data.shape))
+        if self.n_splits > 1:  # one split keeps the configuration (and checkpoints) of earlier versions
+            self.config["n_splits"] = self.n_splits
         self.primary = "mcv_mse" if self.strategy == "mcv" else "mask_rmse"
         self.n_imputations = 0
         self.seconds = 0.0
-        #: outputs of scCR runs by their options other than gamma, least recently used first
+        #: outputs of scCR runs by split and their options other than gamma, least recently used first
         self._cache: OrderedDict[str, dict[float, np.ndarray]] = OrderedDict()
         self.cache_bytes = CACHE_BYTES
 
-    def _impute(self, method, params: dict[str, Any]) -> np.ndarray:
+    def _impute(self, method, params: dict[str, Any], index: int) -> np.ndarray:
         start = time.perf_counter()
-        out = impute_matrix(self.data.input, method, params, random_state=self.random_state, n_jobs=self.n_jobs)
+        out = impute_matrix(
+            self.splits[index].input, method, params, random_state=self.random_state, n_jobs=self.n_jobs
+        )
         if method != "none":
             self.n_imputations += 1
             self.seconds += time.perf_counter() - start
         return out
 
-    def imputed(self, method, params: Mapping[str, Any]) -> np.ndarray:
-        """The imputation of the prepared input, reusing runs that differ only in ``gamma`` (scCR)."""
+    def imputed(self, method, params: Mapping[str, Any], index: int = 0) -> np.ndarray:
+        """The imputation of the prepared input of split ``index``, reusing runs that differ only in ``gamma`` (scCR)."""
         params = dict(params)
         if method != "sccr" or callable(method):
-            return self._impute(method, params)
+            return self._impute(method, params, index)
         gamma = float(params.get("gamma", DEFAULTS["gamma"]))
-        key = json.dumps(sorted((k, v) for k, v in params.items() if k != "gamma"))
+        key = json.dumps([index, sorted((k, v) for k, v in params.items() if k != "gamma")])
         outputs = self._cache.pop(key, {})
         self._cache[key] = outputs  # most recently used last
         if gamma in outputs:
@@ -418,7 +459,7 @@ class Scorer:
         if len(outputs) >= 2:
             (g1, o1), (g2, o2) = list(outputs.items())[:2]
             return o1 + np.float32((gamma - g1) / (g2 - g1)) * (o2 - o1)
-        out = self._impute(method, params)
+        out = self._impute(method, params, index)
         outputs[gamma] = out
         while (
             sum(o.nbytes for group in self._cache.values() for o in group.values()) > self.cache_bytes
@@ -428,11 +469,47 @@ class Scorer:
         return out
 
     def evaluate(self, method, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Scores of one setting: ``score`` (the primary loss, lower is better) and every loss of the strategy."""
+        """Scores of one setting, averaged over the splits.
+
+        ``score`` (the primary loss, lower is better), every loss of the strategy,
+        ``change`` (mean squared difference between imputation and input: 0 for no
+        imputation), ``score_splits`` (the primary loss of each split) and
+        ``cell_groups`` (MCV: the ``mcv_mse`` of each group of cells, one list per split;
+        ``None`` for masks), from which :func:`paired_se` computes standard errors.
+        """
         method = check_method(method)
         params = check_params(method, params)
-        losses = self.data.losses(self.imputed(method, params))
-        return {"score": losses[self.primary], **losses}
+        per_split, groups, changes = [], [], []
+        for index, data in enumerate(self.splits):
+            losses, group_losses, change = data.details(self.imputed(method, params, index))
+            per_split.append(losses)
+            groups.append(group_losses)
+            changes.append(change)
+        losses = {key: float(np.mean([s[key] for s in per_split])) for key in per_split[0]}
+        return {
+            "score": losses[self.primary],
+            **losses,
+            "change": float(np.mean(changes)),
+            "score_splits": [s[self.primary] for s in per_split],
+            "cell_groups": None if groups[0] is None else [g.tolist() for g in groups],
+        }
+
+
+def paired_se(groups_a, groups_b) -> float:
+    """Standard error of the difference in ``mcv_mse`` between two settings scored on the same splits.
+
+    The loss of each group of cells (:data:`N_GROUPS`, cell ``i`` in group ``i % N_GROUPS``) is
+    averaged over the splits; the difference between the two settings is taken group by group
+    (paired: the noise of the held-out half, common to both, cancels), and its standard error
+    is ``sd / sqrt(groups)``. ``nan`` when either has no group losses.
+    """
+    if groups_a is None or groups_b is None:
+        return float("nan")
+    a, b = np.asarray(groups_a, dtype=np.float64), np.asarray(groups_b, dtype=np.float64)
+    if a.shape != b.shape or a.shape[-1] < 2:
+        return float("nan")
+    d = (a - b).reshape(-1, a.shape[-1]).mean(axis=0)
+    return float(d.std(ddof=1) / np.sqrt(d.size))
 
 
 def score(
@@ -449,6 +526,7 @@ def score(
     mask_rate: float = 0.1,
     null: bool = False,
     null_threshold: float = 0.5,
+    n_splits: int = 1,
 ) -> dict[str, Any]:
     """Label-free quality of one imputation setting on this data (lower is better).
 
@@ -493,12 +571,16 @@ def score(
         Also run :func:`null_check` with the same setting (result under ``"null"``).
     null_threshold
         Correlation threshold of the null check.
+    n_splits
+        Independent splits (or masks): the first with seed ``random_state``, the others seeded from it;
+        the losses are their means, ``score_splits`` the score of each.
 
     Returns
     -------
     dict
         ``score`` (the primary loss: ``mcv_mse`` or ``mask_rmse``), every loss of the
-        strategy, ``strategy``, ``method``, ``params``, ``seconds`` and the split or mask settings.
+        strategy, ``change`` (mean squared difference between the imputation and its input),
+        ``score_splits``, ``strategy``, ``method``, ``params``, ``seconds`` and the split or mask settings.
     """
     method = check_method(method)
     params = check_params(method, params)
@@ -512,8 +594,10 @@ def score(
         n_jobs=n_jobs,
         split=split,
         mask_rate=mask_rate,
+        n_splits=n_splits,
     )
     result = scorer.evaluate(method, params)
+    result.pop("cell_groups")
     result.update(
         method=method if isinstance(method, str) else getattr(method, "__name__", "callable"),
         params=params,

@@ -72,6 +72,45 @@ def _clusters(M: np.ndarray, n_clusters: int, random_state: int | None, n_init: 
     return KMeans(n_clusters, n_init=n_init, random_state=random_state).fit_predict(np.asarray(M, dtype=np.float32))
 
 
+#: Principal components of the reference run in which the clusterings over several K are made.
+N_PCS = 50
+
+
+def cluster_range(n_clusters: int, n_cells: int) -> list[int]:
+    """Cluster counts of the agreement over several K: half, once and twice ``n_clusters`` (at least 2, below ``n_cells``)."""
+    values = {max(2, round(n_clusters / 2)), n_clusters, 2 * n_clusters}
+    return sorted(v for v in values if 2 <= v < n_cells) or [min(2, n_cells - 1)]
+
+
+class _Projection:
+    """The reference run's leading principal components; every run is projected on the same axes."""
+
+    def __init__(self, reference: np.ndarray, n_components: int, random_state: int | None) -> None:
+        from sklearn.utils.extmath import randomized_svd
+
+        M = np.asarray(reference, dtype=np.float64)
+        self.mean = M.mean(axis=0)
+        k = max(1, min(n_components, min(M.shape) - 1))
+        _, _, self.axes = randomized_svd(M - self.mean, k, random_state=0 if random_state is None else random_state)
+
+    def __call__(self, M: np.ndarray) -> np.ndarray:
+        return ((np.asarray(M, dtype=np.float64) - self.mean) @ self.axes.T).astype(np.float32)
+
+
+def reassigned(labels0: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per cell: whether its cluster changed, after matching the two clusterings' clusters one to one (most shared cells)."""
+    from scipy.optimize import linear_sum_assignment
+
+    a, ia = np.unique(labels0, return_inverse=True)
+    b, ib = np.unique(labels, return_inverse=True)
+    table = np.zeros((len(a), len(b)), dtype=np.int64)
+    np.add.at(table, (ia, ib), 1)
+    rows, cols = linear_sum_assignment(-table)
+    match = np.full(len(a), -1)
+    match[rows] = cols
+    return match[ia] != ib
+
+
 def verdict(min_ari: float, moved_fraction: float) -> tuple[str, str]:
     """``("fragile" | "sensitive" | "stable", sentence)`` from the clustering agreement and the share of moved cells."""
     if min_ari < FRAGILE_ARI or moved_fraction > FRAGILE_MOVED:
@@ -139,11 +178,15 @@ def stability(
         Size of the jitter in units of float32's relative rounding.
     n_clusters
         KMeans clusters for the agreement of clusterings (default: :func:`default_n_clusters`).
+        The agreement over several K (``fragility_multi_k``, ``cells_reassigned``) uses
+        half, once and twice this (:func:`cluster_range`), in the reference run's first
+        :data:`N_PCS` principal components (every run projected on the same axes).
     n_init
         KMeans restarts (same seed for every run).
     key_added
         Writes ``obs[key_added + '_neighbours_changed']`` (largest number over the runs
-        of final cell-graph neighbours that changed), ``obs[key_added + '_max_change']``
+        of final cell-graph neighbours that changed), ``obs[key_added + '_reassigned']``
+        (share of runs and K in which the cell changed cluster), ``obs[key_added + '_max_change']``
         (largest absolute change of the cell's imputed row over genes and runs) and
         ``uns[key_added]`` (the returned summary; ``runs`` as a DataFrame, so that it can be written to .h5ad).
     n_jobs, progress
@@ -157,7 +200,11 @@ def stability(
     dict
         ``verdict`` (``"stable"``, ``"sensitive"`` or ``"fragile"``) and ``message`` (a plain
         sentence), ``fragility`` (1 - the lowest ARI between the reference clustering and a
-        rerun's), ``ari_min``, ``ari_mean``, ``cells_neighbours_changed`` and
+        rerun's), ``ari_min``, ``ari_mean``, ``fragility_multi_k`` (the mean over the
+        cluster counts of :func:`cluster_range` of 1 - the lowest ARI of a rerun's
+        clustering with the reference's; less tied to one K than ``fragility``),
+        ``ari_min_by_k``, ``cells_reassigned`` (mean over runs and K of the share of cells
+        whose cluster changed, clusters matched one to one), ``cells_neighbours_changed`` and
         ``cells_moved`` (fractions), ``max_change``, ``mean_abs_change``, ``mean_sd``
         (mean over entries of the standard deviation across all runs), ``runs`` (one record
         per run) and the settings.
@@ -206,6 +253,10 @@ def stability(
     reference, graph0 = run(X, random_state=random_state)
     bar.update()
     labels0 = _clusters(reference, n_clusters, random_state, n_init)
+    ks = cluster_range(n_clusters, n)
+    project = _Projection(reference, N_PCS, random_state)
+    labels0_k = {k: _clusters(project(reference), k, random_state, n_init) for k in ks}
+    switched = np.zeros(n, dtype=np.int64)  # cluster changes of each cell over runs and K
     changed = np.zeros(n, dtype=np.int64)
     max_change = np.zeros(n, dtype=np.float32)
     mean = reference.astype(np.float64)
@@ -232,7 +283,17 @@ def stability(
         row_change = delta.max(axis=1)
         cell_changes = _neighbour_changes(graph0, graph)
         labels = _clusters(imputed, n_clusters, random_state, n_init)
+        projected = project(imputed)
+        ari_k, moved_k = {}, []
+        for k in ks:
+            labels_k = _clusters(projected, k, random_state, n_init)
+            ari_k[k] = float(adjusted_rand_score(labels0_k[k], labels_k))
+            changed_k = reassigned(labels0_k[k], labels_k)
+            switched += changed_k
+            moved_k.append(float(changed_k.mean()))
         record.update(
+            ari_by_k={str(k): v for k, v in ari_k.items()},
+            cells_reassigned=float(np.mean(moved_k)),
             cells_neighbours_changed=float(np.mean(cell_changes > 0)),
             cells_moved=float(np.mean(row_change > MOVED)),
             max_change=float(row_change.max()),
@@ -250,6 +311,7 @@ def stability(
         bar.update()
     bar.close()
     aris = np.array([r["ari"] for r in runs])
+    ari_min_k = {str(k): float(min(r["ari_by_k"][str(k)] for r in runs)) for k in ks}
     moved = float(np.mean(max_change > MOVED))
     kind, message = verdict(float(aris.min()), moved)
     summary: dict[str, Any] = {
@@ -258,6 +320,10 @@ def stability(
         "fragility": float(1 - aris.min()),
         "ari_min": float(aris.min()),
         "ari_mean": float(aris.mean()),
+        "fragility_multi_k": float(np.mean([1 - v for v in ari_min_k.values()])),
+        "ari_min_by_k": ari_min_k,
+        "cells_reassigned": float(np.mean([r["cells_reassigned"] for r in runs])),
+        "cluster_range": [int(k) for k in ks],
         "cells_neighbours_changed": float(np.mean(changed > 0)),
         "cells_moved": moved,
         "max_change": float(max_change.max()),
@@ -283,11 +349,16 @@ def stability(
     }
     adata.obs[f"{key_added}_neighbours_changed"] = changed
     adata.obs[f"{key_added}_max_change"] = max_change
+    adata.obs[f"{key_added}_reassigned"] = (switched / (n_runs * len(ks))).astype(np.float32)
     import pandas as pd
 
     from ._tune import _safe
 
-    adata.uns[key_added] = {**_safe({k: v for k, v in summary.items() if k != "runs"}), "runs": pd.DataFrame(runs)}
+    flat = [
+        {**{k: v for k, v in r.items() if k != "ari_by_k"}, **{f"ari_k{k}": v for k, v in r["ari_by_k"].items()}}
+        for r in runs
+    ]
+    adata.uns[key_added] = {**_safe({k: v for k, v in summary.items() if k != "runs"}), "runs": pd.DataFrame(flat)}
     out = dict(summary)
     if keep_runs:
         out["runs_imputed"] = kept

@@ -24,8 +24,12 @@ DEFAULT_GRID: dict[str, list] = {
 }
 #: Order in which the coordinate search visits the options (method last).
 AXES = ("beta", "gamma", "n_iter", "k", "k_gene", "alpha", "sym_final", "knn", "method")
-#: ``search="auto"`` scores the whole grid when that costs at most this many imputations.
+#: ``search="auto"`` scores the whole grid when that costs at most this many imputations (per split).
 FULL_GRID_MAX = 10
+#: Ways :func:`tune` picks the setting from the scored ones.
+SELECT = ("one_se", "min")
+#: Independent MCV splits each setting is scored on (``tune(n_splits=None)``).
+DEFAULT_N_SPLITS = 3
 
 
 def check_grid(grid: Mapping[str, Sequence] | None) -> dict[str, list]:
@@ -214,6 +218,8 @@ def tune(
     key_added: str = "sccr_tune",
     progress: bool | None = None,
     echo: Callable[[str], None] | None = None,
+    n_splits: int | None = None,
+    select: str = "one_se",
 ):
     """Score a grid of imputation settings without labels and keep the best.
 
@@ -230,8 +236,19 @@ def tune(
     method
         The method when the grid has no ``method`` key.
     strategy, layer, counts_layer, random_state, n_jobs, split, mask_rate
-        As in :func:`sccr.tl.score`; one split (or mask) is shared by every setting.
+        As in :func:`sccr.tl.score`; the same splits (or masks) are shared by every setting.
         ``split=None`` is :data:`sccr.tl._score.DEFAULT_SPLIT` (0.9).
+    n_splits
+        Independent splits (as in :func:`sccr.tl.score`) each setting
+        is imputed on; its losses are their means (``None``: :data:`DEFAULT_N_SPLITS`, 3).
+        Every imputation count below is per split; the cost is ``n_splits`` times that.
+    select
+        ``"one_se"`` (default): among the settings whose score is within one standard
+        error of the lowest (the standard error of the paired difference over groups of
+        cells, :func:`sccr.tl._score.paired_se`; no imputation included), the one that
+        changes the data least (lowest ``change``): a setting that is not measurably
+        better than a milder one, or than no imputation, is not chosen. With masks
+        (no standard errors) it is ``"min"``. ``"min"``: the lowest score.
     search
         ``"grid"``: every setting; ``"coordinate"``: from the published defaults, one
         option at a time over its values (the others fixed at the best so far), for up
@@ -239,7 +256,7 @@ def tune(
         a sweep changes nothing; ``"auto"``: the whole grid when it costs at most
         :data:`FULL_GRID_MAX` imputations, else the coordinate search.
     max_imputations, max_sweeps
-        Limits of the coordinate search.
+        Limits of the coordinate search (``max_imputations`` per split).
     checkpoint
         A JSON-lines file: every scored setting is appended to it, and with ``resume``
         settings already there (same data, split and seed) are not scored again.
@@ -256,8 +273,10 @@ def tune(
     Returns
     -------
     pandas.DataFrame
-        One row per scored setting, best (lowest ``score``) first: ``setting``,
-        ``method``, the options, ``score`` and every loss, ``stage`` of the search,
+        One row per scored setting, lowest ``score`` first: ``setting``,
+        ``method``, the options, ``score`` and every loss, ``score_sd`` (over the splits),
+        ``change``, ``se`` (standard error of its difference from the lowest score),
+        ``tied`` (within one ``se`` of it), ``chosen``, ``stage`` of the search,
         ``default`` (the published defaults), ``imputations`` and ``seconds``.
     """
     import pandas as pd
@@ -279,6 +298,9 @@ def tune(
     _check_int("max_imputations", max_imputations, 1)
     _check_int("max_sweeps", max_sweeps, 1)
     check_key_added(key_added, layer)
+    if select not in SELECT:
+        raise InputError(f"select must be one of {', '.join(map(repr, SELECT))}; got {select!r}")
+    n_splits = DEFAULT_N_SPLITS if n_splits is None else _check_int("n_splits", n_splits, 1)
     show = resolve_progress(progress)
     say = (
         echo
@@ -296,6 +318,7 @@ def tune(
         n_jobs=n_jobs,
         split=DEFAULT_SPLIT if split is None else split,
         mask_rate=mask_rate,
+        n_splits=n_splits,
     )
     config = json.loads(json.dumps(_safe(scorer.config)))
     config["fingerprint"] = _fingerprint(scorer.data.input)
@@ -303,12 +326,13 @@ def tune(
     n_settings = len(_settings(grid))
     mode = search if search != "auto" else ("grid" if full_cost <= FULL_GRID_MAX else "coordinate")
     planned = full_cost if mode == "grid" else min(max_imputations, full_cost)
+    splits_note = f" on each of {n_splits} splits" if n_splits > 1 else ""
     say(
-        f"{n_settings} settings in the grid (all of them: {full_cost} imputations); "
+        f"{n_settings} settings in the grid (all of them: {full_cost} imputations{splits_note}); "
         + (
             "scoring all of them"
             if mode == "grid"
-            else f"coordinate search from the defaults, at most {planned} imputations"
+            else f"coordinate search from the defaults, at most {planned} imputations{splits_note}"
         )
         + f", each of a {scorer.data.shape[0]} x {scorer.data.shape[1]} matrix ({scorer.strategy})"
     )
@@ -322,7 +346,9 @@ def tune(
         leave=False,
         unit="setting",
     )
-    runner = _Runner(scorer, config, checkpoint, previous, bar, budget=full_cost if mode == "grid" else max_imputations)
+    runner = _Runner(
+        scorer, config, checkpoint, previous, bar, budget=(full_cost if mode == "grid" else max_imputations) * n_splits
+    )
     runner("none", {}, "baseline")
     if mode == "grid":
         for m, params in _settings(grid):
@@ -337,6 +363,7 @@ def tune(
         )
 
     option_keys = [k for k in AXES if k != "method" and any(k in runner.records[key]["params"] for key in runner.order)]
+    chosen_key, lowest_key, se, tied = _select(runner, select)
     rows = []
     for key in runner.order:
         r = runner.records[key]
@@ -344,6 +371,7 @@ def tune(
         is_default = r["method"] == "sccr" and all(
             r["params"].get(k, DEFAULTS[k]) == DEFAULTS[k] for k in METHOD_KEYS["sccr"]
         )
+        splits = r.get("score_splits") or [r["score"]]
         rows.append(
             {
                 "_key": key,
@@ -351,6 +379,11 @@ def tune(
                 "method": r["method"],
                 **{k: r["params"].get(k, np.nan) for k in option_keys},
                 **losses,
+                "score_sd": float(np.std(splits, ddof=1)) if len(splits) > 1 else np.nan,
+                "change": float(r.get("change", np.nan)),
+                "se": se[key],
+                "tied": bool(tied[key]),
+                "chosen": key == chosen_key,
                 "stage": r["stage"],
                 "default": bool(is_default),
                 "reused": bool(r["reused"]),
@@ -359,18 +392,21 @@ def tune(
             }
         )
     table = pd.DataFrame(rows).sort_values("score", kind="stable").reset_index(drop=True)
-    best_record = runner.records[table.loc[0, "_key"]]
+    keys = list(table["_key"])
+    groups = [runner.records[k].get("cell_groups") for k in keys]
     table = table.drop(columns="_key")
-    best = (
-        {"method": "none"}
-        if best_record["method"] == "none"
-        else {"method": best_record["method"], **best_record["params"]}
-    )
+    best_record, lowest_record = runner.records[chosen_key], runner.records[lowest_key]
+
+    def as_setting(record):
+        return {"method": "none"} if record["method"] == "none" else {"method": record["method"], **record["params"]}
+
+    best = as_setting(best_record)
     none_score = float(table.loc[table["method"] == "none", "score"].iloc[0])
     cost = {
         "search": mode,
         "grid_settings": n_settings,
         "full_grid_imputations": full_cost,
+        "n_splits": n_splits,
         "imputations": int(scorer.n_imputations),
         "reused": int(runner.reused),
         "seconds": float(time.perf_counter() - start_time),
@@ -378,15 +414,50 @@ def tune(
     }
     adata.uns[key_added] = {
         "best": best,
-        "best_score": float(table.loc[0, "score"]),
+        "best_score": float(best_record["score"]),
         "none_score": none_score,
+        "lowest": as_setting(lowest_record),
+        "lowest_score": float(lowest_record["score"]),
+        "select": select if any(g is not None for g in groups) else "min",
         "table": table.astype({c: str for c in table.columns if table[c].dtype == object}),
         "config": config,
         "cost": cost,
         "grid": {k: [_safe(v) for v in vs] for k, vs in grid.items()},
     }
+    if all(g is not None for g in groups) and len({np.shape(g) for g in groups}) == 1:
+        adata.uns[key_added]["cell_groups"] = np.asarray(groups, dtype=np.float64)  # rows of the table
     table.attrs.update(best=best, cost=cost, config=config)
     return table
+
+
+def _select(runner: _Runner, select: str) -> tuple[str, str, dict[str, float], dict[str, bool]]:
+    """The chosen setting, the lowest-scoring one, and each setting's standard error and tie with the lowest.
+
+    ``se`` is the standard error of the difference between a setting's score and the lowest
+    (:func:`sccr.tl._score.paired_se`; 0 for the lowest itself, ``nan`` without group losses);
+    ``tied``: the difference is at most ``se``. ``"one_se"`` chooses, among the tied, the one
+    with the least ``change`` (no imputation has none), then the lowest score.
+    """
+    from ._score import paired_se
+
+    records = runner.records
+    lowest = min(runner.order, key=lambda k: records[k]["score"])  # first scored wins exact ties
+    low_groups = records[lowest].get("cell_groups")
+    se, tied = {}, {}
+    for key in runner.order:
+        r = records[key]
+        se[key] = 0.0 if key == lowest else paired_se(r.get("cell_groups"), low_groups)
+        tied[key] = key == lowest or bool(r["score"] - records[lowest]["score"] <= se[key])  # nan: not tied
+    if select == "min":
+        return lowest, lowest, se, tied
+    candidates = [k for k in runner.order if tied[k]]
+
+    def change(key):
+        value = records[key].get("change")
+        return 0.0 if records[key]["method"] == "none" else (np.inf if value is None else float(value))
+
+    chosen = min(candidates, key=lambda k: (change(k), records[k]["score"]))
+    return chosen, lowest, se, tied
 
 
 def _params_of(row, option_keys: list[str]) -> dict[str, Any]:
@@ -409,9 +480,16 @@ def _records_from_table(uns: Mapping) -> list[dict]:
         json.dumps(_safe(dict(config)), default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
     )
     option_keys = [k for k in AXES if k != "method" and k in table.columns]
+    groups = uns.get("cell_groups")
+    if groups is not None and len(groups) != len(table):
+        groups = None
     records = []
-    for _, row in table.iterrows():
+    for i, (_, row) in enumerate(table.iterrows()):
         scores = {k: float(row[k]) for k in table.columns if k == "score" or str(k).startswith(("mcv_", "mask_"))}
+        if "change" in table.columns and np.isfinite(row["change"]):
+            scores["change"] = float(row["change"])
+        if groups is not None:
+            scores["cell_groups"] = np.asarray(groups[i]).tolist()
         params = _params_of(row, option_keys)
         params = {k: (int(v) if k in ("k", "k_gene", "n_iter") else v) for k, v in params.items()}
         records.append(
