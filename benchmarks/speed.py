@@ -1,6 +1,7 @@
 """Speed of full scCR on Worm Neuron beside MAGIC in the same run, each stage against this machine's floor.
 
 Usage: python benchmarks/speed.py [--repeats 3] [--n-jobs 2] [--out benchmarks/results/speed.json]
+       [--authors DIR --authors-python PYTHON]
 
 - **Side by side**: sccr and MAGIC (magic-impute, its defaults, exact solver; the
   ``[benchmark]`` extra) alternate, each repeat in a fresh process that loads and
@@ -10,6 +11,11 @@ Usage: python benchmarks/speed.py [--repeats 3] [--n-jobs 2] [--out benchmarks/r
   process's peak RSS. A first sccr process pays numba's one-off compilation (cached
   on disk afterwards) and is reported apart. The ratio of the
   medians is the claim; absolute times differ up to 3x between machines.
+- **The authors' code** (with ``--authors``): their ``scCR_Trainer.train`` (torch, CPU,
+  ``--n-jobs`` threads), unmodified, imported from ``DIR`` and run by ``PYTHON`` (a separate
+  environment with their dependencies; ``benchmarks/setup_authors.sh`` builds both) on the
+  very matrix sccr imputes, alternating with sccr and MAGIC and timed the same way (its
+  evaluation step, KMeans on the output, is left out). Its output is compared with sccr's.
 - **Roofline**: this machine's float32 and float64 matrix products (GMAC/s), scipy's
   sparse x dense product and sccr's propagation kernel on the run's own cell graph,
   and memory bandwidth. Each stage's floor is its multiply-adds at the best rate the
@@ -90,6 +96,77 @@ def run_magic(n_jobs: int) -> dict:
     }
 
 
+AUTHORS_ARGS = dict(k=15, k_col=2, iter=40, alpha=0.05, beta=0.99, gamma=0.01, sym=False, device="cpu")
+
+
+def run_authors(n_jobs: int, code: str, matrix: str, output: str | None) -> dict:
+    """The authors' scCR on the saved matrix, in their environment (no sccr import here)."""
+    import resource
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    import torch
+
+    sys.path.insert(0, code)
+    import misc.utils
+
+    if not hasattr(misc.utils, "drop_data_mnar"):  # their embedder imports it; scFP's published misc lacks it
+        misc.utils.drop_data_mnar = misc.utils.drop_data  # (only used to drop entries, never here)
+    from scCR import scCR_Trainer  # the authors' trainer, as published
+
+    torch.set_num_threads(n_jobs)
+    trainer = object.__new__(scCR_Trainer)  # their __init__ reads and preprocesses dataset/<name>.h5ad itself
+    trainer.args = Namespace(**AUTHORS_ARGS)
+    trainer.device = "cpu"
+    trainer.adata = SimpleNamespace(obsm={"train": np.load(matrix)})
+    trainer.evaluate = lambda: None  # imputation only: their evaluation runs KMeans on the output
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        trainer.train()
+        seconds.append(time.perf_counter() - start)
+    if output:
+        np.save(output, trainer.adata.obsm["denoised"])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds[1], "first_call_seconds": seconds[0], "peak_rss_mb": peak, "torch": torch.__version__}
+
+
+class _AuthorsControl:
+    """The matrix handed to the authors' code, and the comparison of their output with sccr's."""
+
+    def __init__(self, code: Path, python: Path):
+        import tempfile
+
+        for path, what in ((code / "scCR.py", "the authors' scCR.py"), (code / "misc", "scFP's misc/")):
+            if not path.exists():
+                sys.exit(f"--authors {code}: {what} is missing; build the folder with benchmarks/setup_authors.sh")
+        self.code, self.python = code, python
+        self.folder = Path(tempfile.mkdtemp(prefix="sccr-authors-"))
+        self.matrix, self.output = self.folder / "worm_neuron.npy", self.folder / "authors_output.npy"
+        np.save(self.matrix, _preprocessed().X.toarray().astype(np.float32))
+
+    def arguments(self, first: bool) -> list[str]:
+        extra = ["--output", str(self.output)] if first else []
+        return ["--authors", str(self.code), "--matrix", str(self.matrix), *extra]
+
+    def compare(self, n_jobs: int) -> dict:
+        """Largest and typical differences between the authors' output and sccr's on the same matrix."""
+        import shutil
+
+        from sccr._engine import run
+        from sccr._options import Options
+
+        theirs = np.load(self.output)
+        ours = run(np.load(self.matrix), Options(**SETTINGS, n_jobs=n_jobs, progress=False)).imputed
+        shutil.rmtree(self.folder)
+        diff = np.abs(theirs.astype(np.float64) - ours)
+        return {
+            "max_abs_diff": float(diff.max()),
+            "share_entries_diff_over_1e-3": float((diff > 1e-3).mean()),
+            "median_abs_diff": float(np.median(diff)),
+        }
+
+
 def _best_seconds(f, repeats: int = 5) -> float:
     f()
     times = []
@@ -152,20 +229,48 @@ def floors(stages: dict, work: dict, shape: tuple[int, int], rates: dict) -> dic
     return table
 
 
+def _authors_report(authors: _AuthorsControl | None, runs: list[dict], sccr_total: float, n_jobs: int) -> dict:
+    if authors is None:
+        return {"authors_seconds_median": None}
+    seconds = float(np.median([r["seconds"] for r in runs]))
+    return {
+        "authors_seconds_median": seconds,
+        "authors_seconds_runs": [r["seconds"] for r in runs],
+        "authors_first_call_seconds_median": float(np.median([r["first_call_seconds"] for r in runs])),
+        "authors_peak_rss_mb_median": float(np.median([r["peak_rss_mb"] for r in runs])),
+        "authors_torch": runs[0]["torch"],
+        "authors_settings": AUTHORS_ARGS,
+        "authors_over_sccr": seconds / sccr_total,
+        "authors_output_vs_sccr": authors.compare(n_jobs),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n-jobs", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--out", type=Path, default=HERE / "results" / "speed.json")
-    parser.add_argument("--child", choices=["sccr", "magic", "roofline"], help=argparse.SUPPRESS)
+    parser.add_argument("--authors", type=Path, help="folder with the authors' scCR code and scFP's misc/")
+    parser.add_argument("--authors-python", type=Path, help="python of the authors' environment (torch, scanpy)")
+    parser.add_argument("--child", choices=["sccr", "magic", "roofline", "authors"], help=argparse.SUPPRESS)
+    parser.add_argument("--matrix", help=argparse.SUPPRESS)
+    parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child == "authors":
+        print(json.dumps(run_authors(args.n_jobs, str(args.authors), args.matrix, args.output)))
+        return
     if args.child:
         child_runs = {"sccr": run_sccr, "magic": run_magic, "roofline": roofline}
         print(json.dumps(child_runs[args.child](args.n_jobs)))
         return
+    if (args.authors is None) != (args.authors_python is None):
+        parser.error("--authors and --authors-python go together (benchmarks/setup_authors.sh prints both)")
+    authors = _AuthorsControl(args.authors, args.authors_python) if args.authors else None
 
     def child(kind: str, n_jobs: int = args.n_jobs) -> dict | None:
         cmd = [sys.executable, __file__, "--child", kind, "--n-jobs", str(n_jobs)]
+        if kind == "authors":
+            cmd = [str(args.authors_python), __file__, *cmd[2:], *authors.arguments(first=not authors_runs)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             if kind == "magic" and "No module named 'magic'" in proc.stderr:
@@ -174,10 +279,12 @@ def main() -> None:
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     first = child("sccr")
-    sccr_runs, magic_runs = [], []
-    for _ in range(args.repeats):  # alternating, so that both see the same machine
+    sccr_runs, magic_runs, authors_runs = [], [], []
+    for _ in range(args.repeats):  # alternating, so that all see the same machine
         sccr_runs.append(child("sccr"))
         magic_runs.append(child("magic"))
+        if authors:
+            authors_runs.append(child("authors"))
     magic_runs = [r for r in magic_runs if r is not None]
     one_thread = child("sccr", 1)
     rates = child("roofline")
@@ -210,6 +317,7 @@ def main() -> None:
         "magic_seconds_runs": [r["seconds"] for r in magic_runs],
         "magic_peak_rss_mb_median": median([r["peak_rss_mb"] for r in magic_runs]) if magic_runs else None,
         "magic_over_sccr": magic_total / total if magic_total else None,
+        **_authors_report(authors, authors_runs, total, args.n_jobs),
         "stage_seconds_median": stages,
         "roofline": rates,
         "stage_floors": table,
@@ -237,6 +345,15 @@ def main() -> None:
         )
     else:
         print("  MAGIC skipped: magic-impute is not installed (pip install 'sccr[benchmark]')")
+    if authors:
+        runs = ", ".join(f"{r['seconds']:.2f}" for r in authors_runs)
+        diff = report["authors_output_vs_sccr"]
+        print(
+            f"  authors' scCR {report['authors_seconds_median']:.2f} s (runs {runs}; first call "
+            f"{report['authors_first_call_seconds_median']:.2f} s), peak RSS {report['authors_peak_rss_mb_median']:.0f} MiB "
+            f"-> authors / sccr = {report['authors_over_sccr']:.2f}; outputs differ by at most {diff['max_abs_diff']:.2g} "
+            f"({100 * diff['share_entries_diff_over_1e-3']:.2f}% of entries by more than 1e-3)"
+        )
     print(
         f"  roofline: sgemm {rates['sgemm_gmacs']:.0f} GMAC/s, dgemm {rates['dgemm_gmacs']:.0f} GMAC/s, "
         f"scipy sparse x dense {rates['scipy_spmm_gmacs']:.1f} GMAC/s, propagation kernel "
