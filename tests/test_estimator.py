@@ -172,10 +172,15 @@ EXPECTED_FAILED_CHECKS = {
 }
 
 
-@parametrize_with_checks(
+SKLEARN_CHECKS = parametrize_with_checks(
     [sccr.SCCR(k=3, k_gene=1, n_iter=3, n_jobs=1, progress=False)],
     expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS,
 )
+# scikit-learn 1.6 hands pytest a generator, which pytest 9 deprecates (an error here): make it a list.
+SKLEARN_CHECKS = pytest.mark.parametrize(SKLEARN_CHECKS.args[0], list(SKLEARN_CHECKS.args[1]), **SKLEARN_CHECKS.kwargs)
+
+
+@SKLEARN_CHECKS
 def test_scikit_learn_compatible(estimator, check):
     """scikit-learn's estimator checks (transductive: fit_transform only, no transform of new data)."""
     with warnings.catch_warnings():
