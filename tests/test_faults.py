@@ -433,7 +433,10 @@ def test_a_kill_at_a_random_moment(seed, tmp_path, capsys, reference):
         proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode in (0, -signal.SIGKILL, 143)
+    assert proc.returncode in (0, -signal.SIGKILL, 143, -signal.SIGTERM)
+    if proc.returncode == -signal.SIGTERM:
+        # Only after sccr's main returned: Python drops its signal handlers while the interpreter exits.
+        assert out.exists()
     if out.exists():  # the run had renamed its output into place (maybe finished) when the signal came: it is whole
         assert_same(arrays(out), reference)
     else:
