@@ -245,6 +245,17 @@ def _authors_report(authors: _AuthorsControl | None, runs: list[dict], sccr_tota
     }
 
 
+def _cpu_name() -> str:
+    """The processor's model name (Linux), else what the platform module says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -302,7 +313,7 @@ def main() -> None:
         "settings": {**SETTINGS, "note": "scCR defaults with sym_final=False (the authors' Worm Neuron setting)"},
         "n_jobs": args.n_jobs,
         "repeats": args.repeats,
-        "machine": platform.processor() or platform.machine(),
+        "machine": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "sccr_seconds_median": total,
         "sccr_seconds_runs": [r["seconds"] for r in sccr_runs],
