@@ -273,6 +273,11 @@ def invert_log1p(values: np.ndarray) -> np.ndarray:
     return np.interp(np.maximum(np.asarray(values), 0), _curve(1.0), _GRID)
 
 
+def _squared_change(block: np.ndarray, rows) -> float:
+    """Sum of squared differences between a block of an imputation and the same rows (sparse) of its input."""
+    return float(np.sum((block - rows.toarray()) ** 2, dtype=np.float64))
+
+
 class _MCVData:
     """Both halves of one binomial split, normalised the way the data was."""
 
@@ -313,7 +318,7 @@ class _MCVData:
             rows = np.sum((predicted - self.target[start:stop].toarray()) ** 2, axis=1)
             squares += float(rows.sum())
             group_squares += np.bincount(np.arange(start, stop) % n_groups, weights=rows, minlength=n_groups)
-            change += float(np.sum((block - self.input[start:stop].toarray()) ** 2, dtype=np.float64))
+            change += _squared_change(block, self.input[start:stop])
             mean = np.maximum(invert_log1p(block) * depth[start:stop, None], POISSON_FLOOR)
             y = self.counts2[start:stop].toarray()
             poisson += float(np.sum(mean - y * np.log(mean) + gammaln(y + 1)))
@@ -344,8 +349,15 @@ class _MaskData:
 
     def details(self, imputed: np.ndarray) -> tuple[dict[str, float], None, float]:
         """:meth:`losses`, no group losses (the 1-SE rule of :func:`sccr.tl.tune` needs MCV), and ``change``."""
-        X = self.input.toarray()
-        return self.losses(imputed), None, float(np.mean((np.asarray(imputed, dtype=np.float64) - X) ** 2))
+        n, g = self.shape
+        change = sum(
+            _squared_change(
+                np.asarray(imputed[start : start + _MCVData.BLOCK], dtype=np.float32),
+                self.input[start : start + _MCVData.BLOCK],
+            )
+            for start in range(0, n, _MCVData.BLOCK)
+        )
+        return self.losses(imputed), None, change / (n * g)
 
     def losses(self, imputed: np.ndarray) -> dict[str, float]:
         from .._evaluation import imputation_errors

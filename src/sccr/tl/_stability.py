@@ -255,7 +255,8 @@ def stability(
     labels0 = _clusters(reference, n_clusters, random_state, n_init)
     ks = cluster_range(n_clusters, n)
     project = _Projection(reference, N_PCS, random_state)
-    labels0_k = {k: _clusters(project(reference), k, random_state, n_init) for k in ks}
+    projected0 = project(reference)
+    labels0_k = {k: _clusters(projected0, k, random_state, n_init) for k in ks}
     switched = np.zeros(n, dtype=np.int64)  # cluster changes of each cell over runs and K
     changed = np.zeros(n, dtype=np.int64)
     max_change = np.zeros(n, dtype=np.float32)
