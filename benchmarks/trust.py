@@ -154,12 +154,19 @@ def run_dataset(name: str, n_jobs: int) -> dict:
         flush=True,
     )
 
-    # clustering and dropout recovery of the three settings
-    imputed, models = {}, {}
+    # clustering and dropout recovery of the settings (each distinct setting imputed and clustered once)
+    imputed, models, record["clustering"] = {}, {}, {}
     for key, setting in settings.items():
         same = next((k for k in imputed if settings[k] == setting), None)
-        imputed[key], models[key] = (imputed[same], models[same]) if same else impute(adata.X, setting, n_jobs)
-    record["clustering"] = {k: clustering(M, labels) for k, M in imputed.items()}
+        if same:
+            imputed[key], models[key], record["clustering"][key] = (
+                imputed[same],
+                models[same],
+                record["clustering"][same],
+            )
+        else:
+            imputed[key], models[key] = impute(adata.X, setting, n_jobs)
+            record["clustering"][key] = clustering(imputed[key], labels)
     dropped, rows, cols = drop_entries(adata.X, 0.2, 0)
     truth = np.asarray(adata.X[rows, cols]).ravel()
     recovery, done = {}, {}
