@@ -135,6 +135,8 @@ class _AuthorsControl:
     """The matrix handed to the authors' code, and the comparison of their output with sccr's."""
 
     def __init__(self, code: Path, python: Path):
+        import atexit
+        import shutil
         import tempfile
 
         for path, what in ((code / "scCR.py", "the authors' scCR.py"), (code / "misc", "scFP's misc/")):
@@ -142,23 +144,34 @@ class _AuthorsControl:
                 sys.exit(f"--authors {code}: {what} is missing; build the folder with benchmarks/setup_authors.sh")
         self.code, self.python = code, python
         self.folder = Path(tempfile.mkdtemp(prefix="sccr-authors-"))
+        atexit.register(shutil.rmtree, self.folder, ignore_errors=True)  # also when a run fails
         self.matrix, self.output = self.folder / "worm_neuron.npy", self.folder / "authors_output.npy"
         np.save(self.matrix, _preprocessed().X.toarray().astype(np.float32))
 
-    def arguments(self, first: bool) -> list[str]:
+    def command(self, n_jobs: int, first: bool) -> list[str]:
+        """The child process running the authors' code (the first one also saves its output)."""
         extra = ["--output", str(self.output)] if first else []
-        return ["--authors", str(self.code), "--matrix", str(self.matrix), *extra]
+        return [
+            str(self.python),
+            __file__,
+            "--child",
+            "authors",
+            "--n-jobs",
+            str(n_jobs),
+            "--authors",
+            str(self.code),
+            "--matrix",
+            str(self.matrix),
+            *extra,
+        ]
 
     def compare(self, n_jobs: int) -> dict:
         """Largest and typical differences between the authors' output and sccr's on the same matrix."""
-        import shutil
-
         from sccr._engine import run
         from sccr._options import Options
 
         theirs = np.load(self.output)
         ours = run(np.load(self.matrix), Options(**SETTINGS, n_jobs=n_jobs, progress=False)).imputed
-        shutil.rmtree(self.folder)
         diff = np.abs(theirs.astype(np.float64) - ours)
         return {
             "max_abs_diff": float(diff.max()),
@@ -281,7 +294,7 @@ def main() -> None:
     def child(kind: str, n_jobs: int = args.n_jobs) -> dict | None:
         cmd = [sys.executable, __file__, "--child", kind, "--n-jobs", str(n_jobs)]
         if kind == "authors":
-            cmd = [str(args.authors_python), __file__, *cmd[2:], *authors.arguments(first=not authors_runs)]
+            cmd = authors.command(n_jobs, first=not authors_runs)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             if kind == "magic" and "No module named 'magic'" in proc.stderr:
