@@ -686,3 +686,44 @@ def test_a_corrupt_chunk_names_the_element(tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"cannot read 'X' of {str(src)!r}" in err and "copy it again" in err
     assert digest(src) == before and leftovers(tmp_path) == []
+
+
+SWALLOWED_SIGTERM = """
+import os, signal, sys, time, weakref
+from sccr import cli
+
+signal.signal(signal.SIGTERM, cli._raise_terminated)
+if sys.argv[1] == "hook":
+    sys.unraisablehook = cli._redeliver_interrupts(sys.unraisablehook)
+
+
+def callback(ref):
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(100_000):  # the handler runs in here, inside a weakref callback: its exception is dropped
+        pass
+
+
+class Obj:
+    pass
+
+
+obj = Obj()
+ref = weakref.ref(obj, callback)
+del obj
+try:
+    time.sleep(2)
+except cli._Terminated:
+    sys.exit(143)
+sys.exit(0)
+"""
+
+
+@pytest.mark.parametrize("hook", ["hook", "none"])
+def test_a_sigterm_dropped_inside_a_weakref_callback_is_sent_again(hook):
+    """Python drops a signal's exception raised in a weakref callback; the CLI's hook sends the signal again."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", SWALLOWED_SIGTERM, hook], capture_output=True, text=True, env=env)
+    if hook == "hook":
+        assert proc.returncode == 143 and "Exception ignored" not in proc.stderr, proc.stderr
+    else:  # the control: without the hook the run goes on as if never stopped
+        assert proc.returncode == 0 and "Exception ignored" in proc.stderr, proc.stderr

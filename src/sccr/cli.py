@@ -26,6 +26,33 @@ def _raise_terminated(signum, frame) -> None:
     raise _Terminated
 
 
+#: How long after a swallowed Ctrl-C or SIGTERM the signal is sent again (seconds).
+REDELIVERY_DELAY = 0.01
+
+
+def _redeliver_interrupts(previous):
+    """A ``sys.unraisablehook`` that sends a swallowed Ctrl-C or SIGTERM again.
+
+    A signal's exception raised while Python runs a weakref callback or a ``__del__``
+    is printed and dropped ("Exception ignored in ..."), and the run would go on as if
+    never stopped. The same signal is sent again shortly, from a timer thread, so that
+    it lands in the run's own code (through the same handler, deferrals included);
+    any other unraisable exception goes to ``previous``.
+    """
+    import os
+    import signal
+    import threading
+
+    def hook(unraisable) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            signum = signal.SIGTERM if issubclass(unraisable.exc_type, _Terminated) else signal.SIGINT
+            threading.Timer(REDELIVERY_DELAY, os.kill, (os.getpid(), signum)).start()
+            return
+        previous(unraisable)
+
+    return hook
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit code 2
         self.exit(EXIT_USAGE, f"sccr: error: {message} (see '{self.prog} --help')\n")
@@ -390,6 +417,7 @@ def entry() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _raise_terminated)
+    sys.unraisablehook = _redeliver_interrupts(sys.unraisablehook)
     sys.exit(main())
 
 
