@@ -142,6 +142,35 @@ def test_columns_propagate_independently(A, X):
     np.testing.assert_array_equal(full[:, [11]], single)
 
 
+
+def sequential_float32(A: sp.csr_matrix, x0: np.ndarray, n_iter: int, *, hard: bool, beta: float) -> np.ndarray:
+    """Each row's neighbours added one at a time, in stored order, in float32: the sums the kernel must make."""
+    observed, beta = x0 != 0, np.float32(beta)
+    anchor = (np.float32(1) - beta) * x0
+    cur = x0.copy()
+    for _ in range(n_iter):
+        nxt = np.zeros_like(cur)
+        for i in range(A.shape[0]):
+            for p in range(A.indptr[i], A.indptr[i + 1]):
+                nxt[i] = nxt[i] + A.data[p] * cur[A.indices[p]]
+        cur = np.where(observed, x0, nxt) if hard else beta * nxt + anchor
+    return cur
+
+
+@pytest.mark.parametrize("hard", [True, False])
+def test_kernel_sums_neighbours_in_stored_order_bitwise(hard):
+    # Rows of 1 to 10 neighbours, unsorted: groups of four and every remainder.
+    rng = np.random.default_rng(3)
+    n = 30
+    rows = [rng.choice(n, size=1 + i % 10, replace=False) for i in range(n)]
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    data = rng.random(indptr[-1], dtype=np.float32) / 3
+    A = sp.csr_matrix((data, np.concatenate(rows), indptr), shape=(n, n))
+    x0 = rng.random((n, 19), dtype=np.float32) * (rng.random((n, 19)) < 0.4)
+    out = propagate_block(A, x0, None, n_iter=6, hard=hard, beta=0.7)
+    np.testing.assert_array_equal(out, sequential_float32(A, x0, 6, hard=hard, beta=0.7))
+
+
 # --- renumbering for locality ---------------------------------------------------------
 
 
