@@ -142,7 +142,6 @@ def test_columns_propagate_independently(A, X):
     np.testing.assert_array_equal(full[:, [11]], single)
 
 
-
 def sequential_float32(A: sp.csr_matrix, x0: np.ndarray, n_iter: int, *, hard: bool, beta: float) -> np.ndarray:
     """Each row's neighbours added one at a time, in stored order, in float32: the sums the kernel must make."""
     observed, beta = x0 != 0, np.float32(beta)
