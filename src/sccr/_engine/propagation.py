@@ -75,7 +75,9 @@ def propagate_block(
     if observed is None:
         observed = x0 != 0
     out = np.empty_like(x0)
-    _propagate_block(A.indptr, A.indices, A.data, x0, observed, n_iter, hard, np.float32(beta), out)
+    # Unsigned column indices (the same values): the kernel then skips the negative-index wraparound.
+    indices = A.indices.view(np.uint32 if A.indices.dtype == np.int32 else np.uint64)
+    _propagate_block(A.indptr, indices, A.data, x0, observed, n_iter, hard, np.float32(beta), out)
     return out
 
 
