@@ -207,6 +207,7 @@ def test_k_larger_than_rows_keeps_everything():
 def test_sparse_input_equals_dense(X, monkeypatch, min_density):
     monkeypatch.setattr(_graph, "DENSE_PRODUCT_MIN_DENSITY", min_density)
     monkeypatch.setattr(_graph, "SIMILARITY_BLOCK_ELEMENTS", 7 * X.shape[0] + 3)  # several blocks and chunks
+    monkeypatch.setattr(_graph, "TILE_ROWS", 11)
     for sym in (False, True):
         dense = knn_graph(X, 5, sym=sym)
         sparse = knn_graph(sp.csr_matrix(X), 5, sym=sym)
@@ -218,12 +219,77 @@ def test_sparse_input_equals_dense(X, monkeypatch, min_density):
 def test_blockwise_search_independent_of_block_size(X, monkeypatch):
     whole = knn_graph(X, 5, sym=True)
     monkeypatch.setattr(_graph, "SIMILARITY_BLOCK_ELEMENTS", 7 * X.shape[0] + 3)  # 7 rows a block
+    monkeypatch.setattr(_graph, "TILE_ROWS", 7)
     blocked = knn_graph(X, 5, sym=True)
     blocked_sparse = knn_graph(sp.csr_matrix(X), 5, sym=True)
     for other in (blocked, blocked_sparse):
         np.testing.assert_array_equal(whole.indices, other.indices)
         np.testing.assert_array_equal(whole.indptr, other.indptr)
         np.testing.assert_allclose(whole.data, other.data, rtol=1e-6)
+
+
+# --- the symmetric exact search equals the row-block one -----------------------------------
+
+
+def row_block_search(M, n_neighbours: int):
+    """The search that computes every row's full float32 row (what the Dask backend runs)."""
+    M = sp.csr_matrix(M, dtype=np.float32) if sp.issparse(M) else np.ascontiguousarray(M, dtype=np.float32)
+    blocks = _graph._cosine_blocks(_graph._row_normalised(M))
+    return _graph.top_neighbours(blocks, M.shape[0], n_neighbours, exact=_graph.ExactCosine(M))
+
+
+def tricky_rows(n_copies: int = 200, seed: int = 0) -> np.ndarray:
+    """Noise rows, an all-zero row, scaled copies of one profile (exact ties after the float64
+    re-ranking) and near-copies within float32 rounding of each other."""
+    rng = np.random.default_rng(seed)
+    noise = rng.poisson(1.0, size=(120, 9)).astype(np.float32)
+    profile = rng.uniform(1, 2, size=9).astype(np.float32)
+    copies = profile * rng.uniform(0.5, 3, size=n_copies).astype(np.float32)[:, None]
+    near = profile * (1 + rng.uniform(-3e-7, 3e-7, size=(40, 9))).astype(np.float32)
+    return np.vstack([noise[:60], np.zeros((1, 9), np.float32), copies, noise[60:], near])
+
+
+def symmetric_search(M, n_neighbours: int):
+    M = sp.csr_matrix(M, dtype=np.float32) if sp.issparse(M) else np.ascontiguousarray(M, dtype=np.float32)
+    with _graph.current().bar("test", 1) as bar:
+        return _graph.symmetric_top(M, n_neighbours, bar)
+
+
+@pytest.mark.parametrize("tile", [7, 64, 10_000])
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("n_neighbours", [1, 4, 16, 600])
+def test_symmetric_search_equals_row_block_search(monkeypatch, tile, sparse, n_neighbours):
+    # 240 tied or near-tied rows: fewer than the 256 extra candidates re-ranked exactly, so the
+    # result does not depend on how the float32 products round (tiny tiles round differently).
+    monkeypatch.setattr(_graph, "TILE_ROWS", tile)
+    M = sp.csr_matrix(tricky_rows()) if sparse else tricky_rows()
+    got, want = symmetric_search(M, n_neighbours), row_block_search(M, n_neighbours)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("tile", [7, 64])
+def test_symmetric_search_with_more_ties_than_candidates_keeps_tied_rows(monkeypatch, tile):
+    # 300 exact copies: more ties than MAX_EXTRA_CANDIDATES, so which copies are re-ranked is
+    # decided by float32 rounding (documented); every copy's neighbours are copies, all at 1.
+    monkeypatch.setattr(_graph, "TILE_ROWS", tile)
+    M = tricky_rows(n_copies=300)
+    copies = np.arange(61, 361)
+    indices, values = symmetric_search(M, 16)
+    assert np.isin(indices[copies], copies).all()
+    np.testing.assert_allclose(values[copies], 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 3])
+def test_symmetric_search_equals_row_block_search_on_expression(X, monkeypatch, n_jobs):
+    from sccr._engine.execution import Execution, executing
+
+    monkeypatch.setattr(_graph, "TILE_ROWS", 13)
+    with executing(Execution(n_jobs=n_jobs)):
+        got = _graph.knn_neighbours(X, 7)
+    want = row_block_search(X, 8)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], np.maximum(want[1], 0))
 
 
 def test_deterministic(X):

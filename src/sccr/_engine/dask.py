@@ -9,11 +9,13 @@ the two loops that dominate the cost, with the same code as the local backend:
   kernel) and returns the propagated block, which the client stores;
 * exact k-NN: the matrix is scattered to every worker once; each worker derives
   its row-normalised copy on first use, and each task ranks one block of rows
-  with :func:`sccr._engine.graph.block_top`, the blocks being those of the local search.
+  with :func:`sccr._engine.graph.block_top` (every row's full float32 row of cosines,
+  independent blocks; the local search computes each pair once instead, see
+  :func:`sccr._engine.graph.symmetric_top`, and takes the same candidates).
 
 At most two tasks per worker thread are in flight, so the client holds a
 bounded number of blocks whatever the number of chunks. Results equal the local
-backend's: the same kernel and the same ranking run on the same blocks.
+backend's: the same propagation kernel, and the same candidates ranked the same way.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from .._errors import InputError
 from .._options import Options, format_size
 from .ann import search_bytes
 from .genes import ride_along_width
-from .graph import resolve_knn
+from .graph import resolve_knn, symmetric_search_bytes
 from .matrix import PANEL_WIDTH, ROW_BLOCK, SIMILARITY_BLOCK_ELEMENTS
 from .pipeline import MEMORY_PEAKS
 
@@ -117,11 +117,11 @@ def estimate_peak_bytes(
     block = BLOCK_COPIES * 4 * min(SIMILARITY_BLOCK_ELEMENTS, max(n, g) ** 2)
     # An exact search normalises a copy of a dense matrix (a scratch file is loaded first,
     # scBFP's transposed input is made contiguous first); a sparse input's copies are counted below.
-    exact_search = block + matrix * (2 if out_of_core else 1)
+    exact_search = block + matrix * (2 if out_of_core else 1) + symmetric_search_bytes(n, k + 1)
     dense_input = nnz is None
     beside = {
         None: 0,
-        "input": (block + matrix * (2 if input_on_disk else dense_input))
+        "input": (block + matrix * (2 if input_on_disk else dense_input) + symmetric_search_bytes(n, k + 1))
         if exact
         else search_bytes(n, g, streamed=input_on_disk),
         # scBFP's gene graph: a contiguous transposed copy (loaded from the scratch file first) and its normalised copy.
