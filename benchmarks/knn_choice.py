@@ -146,14 +146,12 @@ def case_ours(size, matrix, *, streamed=False, rows=None, refine=None, n_jobs=2,
 
 
 def case_exact(size, matrix, *, rows=None, **_):
-    from sccr._engine.graph import ExactCosine, _cosine_blocks, _row_normalised, top_neighbours
+    from sccr._engine.graph import exact_neighbours
 
     M = _load(size, matrix)
     if rows:
         M = M[:rows]
-    (indices, _), seconds, rss, base = _measure(
-        lambda: top_neighbours(_cosine_blocks(_row_normalised(M)), M.shape[0], K1, exact=ExactCosine(M))
-    )
+    (indices, _), seconds, rss, base = _measure(lambda: exact_neighbours(M, K1))
     return {"seconds": seconds, "peak_rss_added_mib": rss, "rss_before_mib": base}
 
 
@@ -226,9 +224,9 @@ def case_hnswlib(size, matrix, *, n_jobs=2, **_):
 
 
 def exact_lists(M):
-    from sccr._engine.graph import ExactCosine, _cosine_blocks, _row_normalised, top_neighbours
+    from sccr._engine.graph import exact_neighbours
 
-    return top_neighbours(_cosine_blocks(_row_normalised(M)), M.shape[0], K1, exact=ExactCosine(M))
+    return exact_neighbours(M, K1)
 
 
 def case_ari(dataset, *, mode, seeds=(0, 1, 2), n_jobs=2, **_):
@@ -332,7 +330,7 @@ def prepare() -> None:
 
     import sccr
     from sccr._engine.execution import Execution, executing
-    from sccr._engine.graph import ExactCosine, _cosine_blocks, _row_normalised, knn_graph, top_neighbours
+    from sccr._engine.graph import exact_neighbours, knn_graph
     from sccr._engine.propagation import propagate
 
     WORK.mkdir(parents=True, exist_ok=True)
@@ -354,13 +352,13 @@ def prepare() -> None:
             sp.save_npz(WORK / f"X_{size}.npz", X)
         if size in ("20k", "50k") and not (WORK / f"exact_D0_{size}.npz").exists():
             X = sp.load_npz(WORK / f"X_{size}.npz")
-            idx, val = top_neighbours(_cosine_blocks(_row_normalised(X)), n, K1, exact=ExactCosine(X))
+            idx, val = exact_neighbours(X, K1)
             np.savez(WORK / f"exact_X_{size}.npz", idx=idx, val=val)
             A = knn_graph(X, 15, sym=True)
             with executing(Execution(n_jobs=2)):
                 D0 = np.ascontiguousarray(propagate(A, X, 40, hard=True), dtype=np.float32)
             np.save(WORK / f"D0_{size}.npy", D0)
-            idx, val = top_neighbours(_cosine_blocks(_row_normalised(D0)), n, K1, exact=ExactCosine(D0))
+            idx, val = exact_neighbours(D0, K1)
             np.savez(WORK / f"exact_D0_{size}.npz", idx=idx, val=val)
 
 

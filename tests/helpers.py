@@ -68,3 +68,18 @@ def run_options(X, *, chunk: int | None = None, **options):
 
     with prepare(X, Options(**options)) as job:
         return job.execute(chunk=chunk)
+
+
+def row_block_search(M, n_neighbours: int):
+    """Exact top ``n_neighbours`` by the row-block search (every row's full float32 row of cosines,
+    the Dask workers' search): the reference :func:`sccr._engine.graph.symmetric_top` must equal."""
+    import scipy.sparse as sp
+
+    from sccr._engine import graph
+
+    M = sp.csr_matrix(M, dtype=np.float32) if sp.issparse(M) else np.ascontiguousarray(M, dtype=np.float32)
+    Mn = graph._row_normalised(M)
+    n = M.shape[0]
+    step = graph.similarity_block_rows(n)
+    blocks = ((start, graph.cosine_block(Mn, start, start + step)) for start in range(0, n, step))
+    return graph.top_neighbours(blocks, n, n_neighbours, exact=graph.ExactCosine(M))

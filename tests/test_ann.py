@@ -9,11 +9,11 @@ import pytest
 import scipy.sparse as sp
 
 import sccr
-from helpers import DATA, REFERENCE, in_threads, make_expression, require
+from helpers import DATA, REFERENCE, in_threads, make_expression, require, row_block_search
 from sccr._engine import ann as _ann
 from sccr._engine import graph as _graph
 from sccr._engine.ann import approximate_neighbours
-from sccr._engine.graph import ExactCosine, _cosine_blocks, _row_normalised, knn_graph, resolve_knn, top_neighbours
+from sccr._engine.graph import ExactCosine, knn_graph, resolve_knn
 from sccr._engine.matrix import Matrix
 
 K1 = 16  # k = 15 plus the row itself, as the pipeline asks
@@ -34,7 +34,7 @@ class Streamed(Matrix):
 
 
 def exact(M, m=K1):
-    return top_neighbours(_cosine_blocks(_row_normalised(M)), M.shape[0], m, exact=ExactCosine(M))
+    return row_block_search(M, m)
 
 
 def recall(indices, M, exact_values):

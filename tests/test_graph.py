@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import naive
+from helpers import row_block_search
 from sccr._engine import graph as _graph
 from sccr._engine.graph import knn_graph
 
@@ -229,13 +230,6 @@ def test_blockwise_search_independent_of_block_size(X, monkeypatch):
 
 
 # --- the symmetric exact search equals the row-block one -----------------------------------
-
-
-def row_block_search(M, n_neighbours: int):
-    """The search that computes every row's full float32 row (what the Dask backend runs)."""
-    M = sp.csr_matrix(M, dtype=np.float32) if sp.issparse(M) else np.ascontiguousarray(M, dtype=np.float32)
-    blocks = _graph._cosine_blocks(_graph._row_normalised(M))
-    return _graph.top_neighbours(blocks, M.shape[0], n_neighbours, exact=_graph.ExactCosine(M))
 
 
 def tricky_rows(n_copies: int = 200, seed: int = 0) -> np.ndarray:

@@ -85,12 +85,19 @@ def cosine_block(
     return S
 
 
-def _cosine_blocks(Mn: np.ndarray | sp.csr_matrix) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(start, S)``: float32 cosine similarities of a block of rows to all rows."""
-    n = Mn.shape[0]
-    block = similarity_block_rows(n)
-    for start in range(0, n, block):
-        yield start, cosine_block(Mn, start, start + block)
+def _in_slices(task, first: int, last: int, n_jobs: int, pool: ThreadPoolExecutor | None = None) -> None:
+    """Run ``task(a, b)`` on up to ``n_jobs`` consecutive slices of rows ``first..last``, on threads.
+
+    The threads are ``pool``'s, or those of a pool made for the call; one slice runs here.
+    """
+    bounds = np.linspace(first, last, max(1, min(n_jobs, last - first)) + 1).astype(int)
+    if bounds.size <= 2:
+        task(first, last)
+    elif pool is not None:
+        list(pool.map(task, bounds[:-1], bounds[1:]))
+    else:
+        with ThreadPoolExecutor(max_workers=bounds.size - 1) as own:
+            list(own.map(task, bounds[:-1], bounds[1:]))
 
 
 class ExactCosine:
@@ -150,13 +157,7 @@ class ExactCosine:
             else:
                 ranking.exact_top_dense(block, start + first, M, self.inverse_norms, *limits, *out)
 
-        n_jobs = min(current().n_jobs, b)
-        if n_jobs <= 1:
-            rank(0, b)
-        else:
-            bounds = np.linspace(0, b, n_jobs + 1).astype(int)
-            with ThreadPoolExecutor(max_workers=n_jobs) as pool:
-                list(pool.map(rank, bounds[:-1], bounds[1:]))
+        _in_slices(rank, 0, b, current().n_jobs)
         return cols, sims
 
 
@@ -233,13 +234,9 @@ def symmetric_top(
 
     with ThreadPoolExecutor(max_workers=n_jobs) as pool:
 
-        def on_threads(task, first: int, last: int) -> None:
-            bounds = np.linspace(first, last, min(n_jobs, last - first) + 1).astype(int)
-            list(pool.map(task, bounds[:-1], bounds[1:]))
-
         def feed(T: np.ndarray, row0: int, col0: int) -> None:
             """Rows ``row0...`` of the cosine matrix, columns ``col0...``, into their rows' buffers."""
-            on_threads(lambda a, b: ranking.absorb(T, row0, col0, a, b, *buffers), 0, T.shape[0])
+            _in_slices(lambda a, b: ranking.absorb(T, row0, col0, a, b, *buffers), 0, T.shape[0], n_jobs, pool)
 
         step = min(n, TILE_ROWS)
         for start in range(0, n, step):
@@ -249,7 +246,7 @@ def symmetric_top(
                 feed(T, start, first)
                 if first > start:
                     feed(np.ascontiguousarray(T.T), first, start)
-            on_threads(rank, start, stop)
+            _in_slices(rank, start, stop, n_jobs, pool)
             bar.update()
     return indices, sims
 
@@ -420,25 +417,35 @@ def knn_neighbours(
     indices, values
         ``n x (k + 1)`` int64 and float32, by decreasing similarity (ties: lower index first).
     """
-    execution = current()
     if resolve_knn(knn, M.shape[0]) == "approx":
         from .ann import approximate_neighbours
 
         indices, values = approximate_neighbours(M, k + 1, random_state=random_state, desc=desc)
     else:
-        M = in_memory(M)
-        M = sp.csr_matrix(M, dtype=np.float32) if sp.issparse(M) else np.ascontiguousarray(M, dtype=np.float32)
-        n = M.shape[0]
-        if execution.remote is not None:  # row blocks with the same ranking, on the executor's workers
-            n_blocks = -(-n // similarity_block_rows(n))
-            with execution.bar(desc, n_blocks) as bar:
-                indices, values = execution.remote.top_neighbours(M, k + 1)
-                bar.update(n_blocks)
-        else:
-            with execution.bar(desc, symmetric_tiles(n)) as bar:
-                indices, values = symmetric_top(M, k + 1, bar)
+        indices, values = exact_neighbours(M, k + 1, desc=desc)
     np.maximum(values, 0, out=values)
     return indices, values
+
+
+def exact_neighbours(M, n_neighbours: int, *, desc: str = "neighbour search") -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine top ``n_neighbours`` of every row of ``M`` (read into memory), similarities not clipped.
+
+    Locally :func:`symmetric_top`; with a remote executor, its workers rank independent row
+    blocks (:func:`block_top`), which gives the same neighbours. The progress bar (``desc``),
+    threads and executor come from :func:`sccr._engine.execution.current`.
+    """
+    execution = current()
+    M = in_memory(M)
+    M = sp.csr_matrix(M, dtype=np.float32) if sp.issparse(M) else np.ascontiguousarray(M, dtype=np.float32)
+    n = M.shape[0]
+    if execution.remote is not None:
+        n_blocks = -(-n // similarity_block_rows(n))
+        with execution.bar(desc, n_blocks) as bar:
+            indices, values = execution.remote.top_neighbours(M, n_neighbours)
+            bar.update(n_blocks)
+        return indices, values
+    with execution.bar(desc, symmetric_tiles(n)) as bar:
+        return symmetric_top(M, n_neighbours, bar)
 
 
 def neighbour_distances(indices: np.ndarray, values: np.ndarray) -> sp.csr_matrix:
