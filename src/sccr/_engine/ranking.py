@@ -9,7 +9,7 @@ lower column. This is :func:`sccr._engine.graph.block_top`'s exact ranking, done
 row by row in compiled code without gathering candidate rows into new arrays. The
 kernels release the GIL: the caller runs slices of rows on its threads.
 
-The symmetric search (:func:`sccr._engine.graph.exact_neighbours`) computes every pair's float32
+The symmetric search (:func:`sccr._engine.graph.symmetric_top`) computes every pair's float32
 cosine once, in tiles of the upper triangle, and feeds each tile's rows and columns to
 per-row buffers (:func:`absorb`) that keep at least the ``capacity`` best entries seen so far;
 the same candidates are then taken from them (:func:`rank_buffered_dense`, :func:`rank_buffered_sparse`).
@@ -42,9 +42,15 @@ def _insert(values, columns, size, value, column):  # pragma: no cover
 
 
 @njit(nogil=True, cache=True)
-def _floor(best, n, m, tolerance):  # pragma: no cover
-    """Smallest similarity still a candidate, from a row's best values in decreasing order (``n`` columns)."""
-    return max(np.float32(best[min(m, n) - 1] - tolerance), _TINY)
+def _floor(kth, tolerance):  # pragma: no cover
+    """Smallest similarity still a candidate of a row whose ``m``-th best is ``kth``."""
+    return max(np.float32(kth - tolerance), _TINY)
+
+
+@njit(nogil=True, cache=True)
+def _kth_largest(values, k):  # pragma: no cover
+    """The ``k``-th largest of ``values`` (1-based)."""
+    return -np.partition(-values, k - 1)[k - 1]
 
 
 @njit(nogil=True, cache=True)
@@ -55,7 +61,7 @@ def _candidates(key, m, margin, max_extra, tolerance, values, columns):  # pragm
     size = 0
     for j in range(n):
         size = _insert(values[:want], columns[:want], size, key[j], j)
-    floor = _floor(values, n, m, tolerance)
+    floor = _floor(values[min(m, n) - 1], tolerance)
     near = 0
     for j in range(n):
         if key[j] >= floor:
@@ -165,7 +171,7 @@ def _compact(values, columns, size, capacity):  # pragma: no cover
     """
     if size <= capacity:
         return size
-    last = -np.partition(-values[:size], capacity - 1)[capacity - 1]  # the capacity-th largest
+    last = _kth_largest(values[:size], capacity)
     ties = capacity
     for t in range(size):
         if values[t] > last:
@@ -190,10 +196,8 @@ def _bound(values, size, n, m, margin, tolerance):  # pragma: no cover
     best; both of these only rise as entries arrive, so an entry below both bounds of the
     buffer now can never become one.
     """
-    want = min(n, m + margin)
-    best = -np.partition(-values[:size], want - 1)[:want]
-    kth = -np.partition(-best, min(m, n) - 1)[min(m, n) - 1]
-    return min(best.min(), np.float32(kth - tolerance))
+    kth = _kth_largest(values[:size], min(m, n))
+    return min(_kth_largest(values[:size], min(n, m + margin)), np.float32(kth - tolerance))
 
 
 @njit(nogil=True, cache=True)
@@ -216,8 +220,9 @@ def absorb(
 
     A row's buffer (``values[i]``, ``columns[i]``, ``2 * capacity`` long, ``size[i]`` used) takes
     every entry at or above ``low[i]``, which rises (:func:`_bound`, the entries below it leave)
-    once ``m + margin`` more have come in (``next_bound[i]``); when it would overflow it keeps its best ``capacity``, and
-    none below the last of them can enter later (a later column loses a tie). The buffer always
+    once ``m + margin`` more have come in (``next_bound[i]``); when it would overflow it keeps its
+    best ``capacity``, and none below the last of them can enter later (a later column loses a
+    tie). The buffer always
     holds every entry that :func:`_candidates` would take from the whole row.
     """
     w = T.shape[1]
@@ -258,8 +263,7 @@ def absorb(
 def _buffered_candidates(values, columns, size, n, m, margin, max_extra, tolerance):  # pragma: no cover
     """The candidate columns of one row from its buffer: those :func:`_candidates` takes from the whole row."""
     size = _compact(values, columns, size, m + max(margin, max_extra))
-    best = -np.partition(-values[:size], min(m, n) - 1)[: min(m, n)]
-    floor = _floor(np.sort(best)[::-1], n, m, tolerance)
+    floor = _floor(_kth_largest(values[:size], min(m, n)), tolerance)
     near = 0
     for t in range(size):
         if values[t] >= floor:
