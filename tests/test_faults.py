@@ -294,15 +294,19 @@ from contextlib import contextmanager
 import sccr.cli
 from sccr._engine import pipeline
 
-real, pause_at = pipeline._Timer.stage, sys.argv.pop(1)
+real, pause_at, hold_after = pipeline._Timer.stage, sys.argv.pop(1), sys.argv.pop(1)
+seen = {}
 
 @contextmanager
 def announced(self, name):
     print("stage", name, flush=True)
+    seen[name] = seen.get(name, 0) + 1
     if name == pause_at:
         sys.stdin.readline()  # until the test says go on
     with real(self, name):
         yield
+    if f"{name}:{seen[name]}" == hold_after:
+        sys.stdin.readline()  # the run goes no further than the end of this stage until the test says so
 
 pipeline._Timer.stage = announced
 sys.argv = ["sccr", *sys.argv[1:]]
@@ -310,14 +314,19 @@ sccr.cli.entry()
 """
 
 
-def start_driver(args, *, pause_at: str = "-", env=None) -> subprocess.Popen:
+def start_driver(args, *, pause_at: str = "-", hold_after: str = "-", env=None) -> subprocess.Popen:
+    """The ``sccr`` command in a child that prints ``stage NAME`` as each stage starts.
+
+    ``pause_at``: it waits for a line on stdin before running that stage; ``hold_after``
+    (``"NAME:OCCURRENCE"``): it waits for one after that occurrence of the stage has ended.
+    """
     environment = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
         **(env or {}),
     }
     return subprocess.Popen(
-        [sys.executable, "-c", PAUSING_DRIVER, pause_at, *map(str, args)],
+        [sys.executable, "-c", PAUSING_DRIVER, pause_at, hold_after, *map(str, args)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -360,8 +369,9 @@ def test_concurrent_writers_one_wins_the_other_refuses(tmp_path, capsys, referen
 # --- killed runs -------------------------------------------------------------------------------
 
 
-#: (signal, stage at whose start it is sent, which occurrence, out of core) - a few points of each kind;
-#: ``random`` adds a random delay of up to 50 ms after the stage starts (seeded: reproducible).
+#: (signal, stage during which it is sent, which occurrence, out of core) - a few points of each kind;
+#: it is sent a random delay of up to 50 ms (seeded: reproducible) after the stage starts, and the
+#: run is held at the stage's end so that a fast machine cannot finish the run first.
 KILLS = [
     (signal.SIGKILL, "hard_fp_1", 1, False),
     (signal.SIGKILL, "checkpoint", 3, False),  # while the third stage is being saved
@@ -388,7 +398,8 @@ def test_killed_run_resumes_to_the_same_output(signum, stage, occurrence, out_of
     extra = ["--scratch-dir", scratch, "--checkpoint", ck]
     if out_of_core:
         extra += ["--memory-budget", str(out_of_core_budget((120, 40)))]
-    proc = start_driver(["impute", src, out, *CLI, *extra])
+    # Held at the end of the stage: the signal lands within it (or just after it), never after the run.
+    proc = start_driver(["impute", src, out, *CLI, *extra], hold_after=f"{stage}:{occurrence}")
     try:
         wait_for(proc, f"stage {stage}", occurrence)
         time.sleep(rng.uniform(0, 0.05))
