@@ -156,6 +156,42 @@ def test_fewer_rows_than_neighbours(n):
     np.testing.assert_allclose(values, e_val, atol=1e-6)
 
 
+def _naive_selection(row: np.ndarray, c: int) -> np.ndarray:
+    """The ``c`` largest of ``row``: those above the ``c``-th largest value, then the tied ones, each in column order."""
+    kth = np.sort(row)[::-1][c - 1]
+    above, tied = np.flatnonzero(row > kth), np.flatnonzero(row == kth)
+    return np.r_[above, tied[: c - above.size]]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "projections",  # as the candidate search sees them
+        "ties",  # few distinct values: many ties at the cut-off
+        "ascending",  # the sample's threshold is met late in the row
+        "constant",  # everything tied
+        "short",  # too short for the sample: every entry is a candidate
+        "sampled columns largest",  # fewer than c entries pass the sample's threshold: the whole row is partitioned
+    ],
+)
+def test_candidate_selection_equals_naive(case):
+    rng = np.random.default_rng(3)
+    c = 48
+    P = rng.standard_normal((400, 24)).astype(np.float32)
+    rows = {
+        "projections": P[:40] @ P.T,
+        "ties": np.round(rng.random((40, 3000)) * 20).astype(np.float32),
+        "ascending": np.sort(rng.random((10, 4000)), axis=1).astype(np.float32),
+        "constant": np.ones((5, 1000), dtype=np.float32),
+        "short": rng.random((10, 100)).astype(np.float32),
+        "sampled columns largest": (rng.random((10, 2000)) + 10.0 * (np.arange(2000) % 8 == 0)).astype(np.float32),
+    }[case]
+    out = np.empty((rows.shape[0], c), dtype=np.int64)
+    _ann._select_top(rows, c, out)
+    for row, got in zip(rows, out, strict=True):
+        np.testing.assert_array_equal(got, _naive_selection(row, c))
+
+
 def test_empty_input():
     indices, values = approximate_neighbours(np.zeros((0, 4), dtype=np.float32), 5, random_state=0)
     assert indices.shape == values.shape == (0, 0)

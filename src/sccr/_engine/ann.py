@@ -39,10 +39,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 from threadpoolctl import threadpool_limits
 
 from .execution import current
@@ -230,26 +231,38 @@ def _split_large_clusters(
 
 
 @njit(cache=True)
-def _select_row(row, c, out):  # pragma: no cover - numba
-    """Columns of the ``c`` largest entries of ``row`` (at the cut-off, lower columns), ascending.
+def _sampled_cut(row, stride, r):  # pragma: no cover - numba
+    """The ``r``-th largest of ``row[::stride]``, by insertion into a sorted buffer of ``r``."""
+    top = np.full(r, -np.inf, dtype=row.dtype)  # descending
+    for q in range(0, row.size, stride):
+        v = row[q]
+        if v > top[r - 1]:
+            j = r - 1
+            while j > 0 and top[j - 1] < v:
+                top[j] = top[j - 1]
+                j -= 1
+            top[j] = v
+    return top[r - 1]
 
-    A threshold from a strided sample (rank ``2c/stride``) keeps about ``2c``
-    entries; the exact cut-off is then found among them. If fewer than ``c``
+
+@njit(cache=True)
+def _select_row(row, c, out):  # pragma: no cover - numba
+    """Columns of the ``c`` largest entries of ``row``: the larger ones, then those tied at the cut-off (lower first).
+
+    A threshold from a strided sample (its ``2c/stride + 2``-th largest) keeps about
+    ``2c`` entries; the exact cut-off is then found among them. If fewer than ``c``
     pass (unlucky sample), the whole row is partitioned.
     """
     p = row.size
     stride = 8
     cut = -np.inf
     if p >= 16 * c:
-        sub = -row[::stride]
-        rank = min(sub.size - 1, 2 * c // stride + 1)
-        cut = -np.partition(sub, rank)[rank]
+        cut = _sampled_cut(row, stride, min(-(-p // stride), 2 * c // stride + 2))
     buf = np.empty(p, dtype=np.int64)
     k = 0
-    for q in range(p):
-        if row[q] >= cut:
-            buf[k] = q
-            k += 1
+    for q in range(p):  # branch-free: every column is written, only those that pass are kept
+        buf[k] = q
+        k += row[q] >= cut
     if k < c:  # the sample was unlucky: every entry is a candidate
         k = p
         for q in range(p):
@@ -271,10 +284,10 @@ def _select_row(row, c, out):  # pragma: no cover - numba
             w += 1
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def _select_top(S, c, out):  # pragma: no cover - numba
     """Columns of the ``c`` largest entries of every row of ``S`` (at the cut-off, lower columns)."""
-    for r in prange(S.shape[0]):
+    for r in range(S.shape[0]):
         _select_row(S[r], c, out[r])
 
 
@@ -302,9 +315,11 @@ def propose_candidates(P: np.ndarray, n_candidates: int, rng: np.random.Generato
     bounds = np.searchsorted(labels[order], np.arange(len(probe) + 1))
     members = [order[bounds[i] : bounds[i + 1]] for i in range(len(probe))]
     out = np.empty((n, c), dtype=np.int64)
-    for cl, rows in enumerate(members):
+
+    def search(cl: int) -> None:
+        rows = members[cl]
         if rows.size == 0:
-            continue
+            return
         pool = np.concatenate([members[j] for j in probe[cl]])
         if pool.size < c:  # tiny pools: all rows
             pool = np.arange(n)
@@ -315,6 +330,17 @@ def propose_candidates(P: np.ndarray, n_candidates: int, rng: np.random.Generato
             top = np.empty((q.size, c), dtype=np.int64)
             _select_top(P[q] @ Pp.T, c, top)
             out[q] = pool[top]
+
+    # One cluster per thread, each with its own single-threaded products: multi-threaded BLAS
+    # alternating with the selection would leave threads spinning for each other's CPU.
+    n_jobs = current().n_jobs
+    with threadpool_limits(limits=1, user_api="blas"):
+        if n_jobs <= 1:
+            for cl in range(len(members)):
+                search(cl)
+        else:
+            with ThreadPoolExecutor(max_workers=n_jobs) as threads:
+                list(threads.map(search, range(len(members))))
     return out, labels
 
 
@@ -464,42 +490,41 @@ def _merge_top(cptr, cidx, csim, m, indices, values):  # pragma: no cover - numb
 
 
 @njit(parallel=True, cache=True)
-def _refine(indices, scored_ptr, scored_idx, rptr, ridx, count_only, out_ptr, out_idx):  # pragma: no cover
+def _refine(indices, scored_ptr, scored_idx, rptr, ridx, count_only, out_ptr, out_idx, n_slices):  # pragma: no cover
     """New candidates of every row: neighbours of its neighbours and its reverse neighbours, unscored ones.
 
-    ``scored_idx[scored_ptr[i]:scored_ptr[i+1]]`` (sorted) are the rows already
-    scored for row ``i``. With ``count_only``, writes the counts to ``out_ptr[i + 1]``.
+    ``scored_idx[scored_ptr[i]:scored_ptr[i+1]]`` are the rows already scored for row
+    ``i``. With ``count_only``, writes the counts to ``out_ptr[i + 1]``; otherwise
+    the candidates, ascending, to ``out_idx[out_ptr[i]:]``. A row's scored and
+    proposed rows are marked in an ``N``-sized array (one per slice of rows) with
+    the row's number (``n_slices`` of them), so each is written once without sorting all proposals.
     """
     n, m = indices.shape
-    for i in prange(n):
-        buf = np.empty(m * m + (rptr[i + 1] - rptr[i]), dtype=np.int64)
-        k = 0
-        for a in range(m):
-            j = indices[i, a]
-            for b in range(m):
-                buf[k] = indices[j, b]
-                k += 1
-        for e in range(rptr[i], rptr[i + 1]):
-            buf[k] = ridx[e]
-            k += 1
-        buf = np.sort(buf[:k])
-        done = scored_idx[scored_ptr[i] : scored_ptr[i + 1]]
-        pos = np.searchsorted(done, buf)
-        w = 0
-        prev = -1
-        base = out_ptr[i]
-        for t in range(k):
-            v = buf[t]
-            if v == prev:
-                continue
-            prev = v
-            if pos[t] < done.size and done[pos[t]] == v:
-                continue
-            if not count_only:
-                out_idx[base + w] = v
-            w += 1
-        if count_only:
-            out_ptr[i + 1] = w
+    for sl in prange(n_slices):
+        seen = np.full(n, -1, dtype=np.int64)
+        for i in range(sl * n // n_slices, (sl + 1) * n // n_slices):
+            for e in range(scored_ptr[i], scored_ptr[i + 1]):
+                seen[scored_idx[e]] = i
+            base = out_ptr[i]
+            w = 0
+            for t in range(m * m + rptr[i + 1] - rptr[i]):
+                v = indices[indices[i, t // m], t % m] if t < m * m else ridx[rptr[i] + t - m * m]
+                if seen[v] != i:
+                    seen[v] = i
+                    if not count_only:
+                        out_idx[base + w] = v
+                    w += 1
+            if count_only:
+                out_ptr[i + 1] = w
+            else:
+                out_idx[base : base + w].sort()
+
+
+@njit(parallel=True, cache=True)
+def _sort_rows(ptr, idx):  # pragma: no cover - numba
+    """Sort every row ``idx[ptr[i]:ptr[i+1]]`` of a CSR index list in place."""
+    for i in prange(ptr.size - 1):
+        idx[ptr[i] : ptr[i + 1]] = np.sort(idx[ptr[i] : ptr[i + 1]])
 
 
 def _reverse_lists(indices: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
@@ -519,10 +544,11 @@ def _refine_candidates(indices, scored_ptr, scored_idx):
     n = indices.shape[0]
     rptr, ridx = _reverse_lists(indices, indices.shape[1])
     ptr = np.zeros(n + 1, dtype=np.int64)
-    _refine(indices, scored_ptr, scored_idx, rptr, ridx, True, ptr, np.empty(0, dtype=np.int64))
+    n_slices = min(n, 4 * get_num_threads())
+    _refine(indices, scored_ptr, scored_idx, rptr, ridx, True, ptr, np.empty(0, dtype=np.int64), n_slices)
     np.cumsum(ptr, out=ptr)
     idx = np.empty(ptr[-1], dtype=np.int64)
-    _refine(indices, scored_ptr, scored_idx, rptr, ridx, False, ptr, idx)
+    _refine(indices, scored_ptr, scored_idx, rptr, ridx, False, ptr, idx, n_slices)
     return ptr, idx
 
 
@@ -615,7 +641,7 @@ def approximate_neighbours(
             _merge_new(indices, values, new_ptr, new_idx, new_sims)
             if r + 1 < N_REFINE:  # the next round skips every row scored so far
                 ptr, idx, _, _ = _union(ptr, idx, new_ptr, new_idx)
-                idx = idx[np.lexsort((idx, np.repeat(np.arange(n), np.diff(ptr))))]
+                _sort_rows(ptr, idx)
             del new_ptr, new_idx, new_sims
         lap("refine")
     last_timings.clear()

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from .execution import current
 from .matrix import ROW_BLOCK, SIMILARITY_BLOCK_ELEMENTS, Matrix, as_matrix, in_memory
@@ -232,7 +233,20 @@ def symmetric_top(
                 first, last, n, values, columns, size, exact.M, exact.inverse_norms, *limits, *out
             )
 
-    with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+    # Every step, products included, runs on this pool's threads with BLAS on one thread each: a
+    # multi-threaded BLAS call between the kernels would leave BLAS threads spinning for the CPU
+    # the kernels need (on 2 cores the search took about 1.3x as long).
+    with ThreadPoolExecutor(max_workers=n_jobs) as pool, threadpool_limits(limits=1, user_api="blas"):
+
+        def tile(row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
+            """The float32 cosines of rows ``row0..row1`` to rows ``col0..col1``, row slices on the threads."""
+            T = np.empty((row1 - row0, col1 - col0), dtype=np.float32)
+
+            def part(a: int, b: int) -> None:
+                T[a:b] = cosine_block(Mn, row0 + a, row0 + b, col0, col1)
+
+            _in_slices(part, 0, row1 - row0, n_jobs, pool)
+            return T
 
         def feed(T: np.ndarray, row0: int, col0: int) -> None:
             """Rows ``row0...`` of the cosine matrix, columns ``col0...``, into their rows' buffers."""
@@ -242,7 +256,7 @@ def symmetric_top(
         for start in range(0, n, step):
             stop = min(n, start + step)
             for first in range(start, n, step):
-                T = cosine_block(Mn, start, stop, first, min(n, first + step))
+                T = tile(start, stop, first, min(n, first + step))
                 feed(T, start, first)
                 if first > start:
                     feed(np.ascontiguousarray(T.T), first, start)
