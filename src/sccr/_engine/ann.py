@@ -333,14 +333,8 @@ def propose_candidates(P: np.ndarray, n_candidates: int, rng: np.random.Generato
 
     # One cluster per thread, each with its own single-threaded products: multi-threaded BLAS
     # alternating with the selection would leave threads spinning for each other's CPU.
-    n_jobs = current().n_jobs
-    with threadpool_limits(limits=1, user_api="blas"):
-        if n_jobs <= 1:
-            for cl in range(len(members)):
-                search(cl)
-        else:
-            with ThreadPoolExecutor(max_workers=n_jobs) as threads:
-                list(threads.map(search, range(len(members))))
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=current().n_jobs) as threads:
+        list(threads.map(search, range(len(members))))
     return out, labels
 
 
@@ -428,15 +422,16 @@ class _Scorer:
         return np.ascontiguousarray(self.source.columns(g0, g1), dtype=np.float32)
 
 
-def search_bytes(n_rows: int, n_cols: int, *, streamed: bool) -> int:
-    """Peak bytes :func:`approximate_neighbours` adds for an ``n_rows x n_cols`` matrix.
+def search_bytes(n_rows: int, n_cols: int, *, streamed: bool, n_jobs: int = 1) -> int:
+    """Peak bytes :func:`approximate_neighbours` adds for an ``n_rows x n_cols`` matrix on ``n_jobs`` threads.
 
     The normalised PCA sample (:data:`PCA_SAMPLE_ROWS` rows) with its products in the
     subspace iteration, the projections, the candidate lists with their scores (about
-    ``N_CANDIDATES`` per row, then as many again in the refinement round), and,
-    for a matrix read in blocks, one column slice of at most :data:`SLICE_BYTES`.
+    ``N_CANDIDATES`` per row, then as many again in the refinement round), the refinement's
+    marking arrays (8 bytes per row and thread), and, for a matrix read in blocks, one
+    column slice of at most :data:`SLICE_BYTES`.
     """
-    per_row = 4 * N_COMPONENTS + 2 * (N_CANDIDATES + 1) * (8 + 8 + 4) + 64
+    per_row = 4 * N_COMPONENTS + 2 * (N_CANDIDATES + 1) * (8 + 8 + 4) + 64 + 8 * max(1, n_jobs)
     # The normalised sample, and its product with the basis (float32, then float64) in the subspace iteration.
     sample_rows = min(n_rows, PCA_SAMPLE_ROWS)
     sample = 4 * sample_rows * n_cols + (4 + 8) * sample_rows * (N_COMPONENTS + OVERSAMPLING)
@@ -495,9 +490,10 @@ def _refine(indices, scored_ptr, scored_idx, rptr, ridx, count_only, out_ptr, ou
 
     ``scored_idx[scored_ptr[i]:scored_ptr[i+1]]`` are the rows already scored for row
     ``i``. With ``count_only``, writes the counts to ``out_ptr[i + 1]``; otherwise
-    the candidates, ascending, to ``out_idx[out_ptr[i]:]``. A row's scored and
-    proposed rows are marked in an ``N``-sized array (one per slice of rows) with
-    the row's number (``n_slices`` of them), so each is written once without sorting all proposals.
+    the candidates, ascending, to ``out_idx[out_ptr[i]:]``. The rows are split into
+    ``n_slices`` consecutive slices, each with an ``N``-sized array in which a row marks
+    its scored and proposed rows with its own number: each new candidate is written
+    once, without sorting all the proposals.
     """
     n, m = indices.shape
     for sl in prange(n_slices):
@@ -544,7 +540,7 @@ def _refine_candidates(indices, scored_ptr, scored_idx):
     n = indices.shape[0]
     rptr, ridx = _reverse_lists(indices, indices.shape[1])
     ptr = np.zeros(n + 1, dtype=np.int64)
-    n_slices = min(n, 4 * get_num_threads())
+    n_slices = min(n, get_num_threads())  # one marking array per thread (search_bytes counts them)
     _refine(indices, scored_ptr, scored_idx, rptr, ridx, True, ptr, np.empty(0, dtype=np.int64), n_slices)
     np.cumsum(ptr, out=ptr)
     idx = np.empty(ptr[-1], dtype=np.int64)

@@ -123,13 +123,13 @@ def estimate_peak_bytes(
         None: 0,
         "input": (block + matrix * (2 if input_on_disk else dense_input) + symmetric_search_bytes(n, k + 1))
         if exact
-        else search_bytes(n, g, streamed=input_on_disk),
+        else search_bytes(n, g, streamed=input_on_disk, n_jobs=n_jobs),
         # scBFP's gene graph: a contiguous transposed copy (loaded from the scratch file first) and its normalised copy.
         "transposed": block + 2 * matrix * dense_input,
         # Chunks of up to ROW_BLOCK cells standardised in float32 and float64, with float64
         # products (measured: about 30 bytes per cell x gene of a chunk), and the correlation blocks.
         "correlations": 32 * min(n, ROW_BLOCK) * g + 2 * 4 * SIMILARITY_BLOCK_ELEMENTS,
-        "search": exact_search if exact else search_bytes(n, g, streamed=out_of_core),
+        "search": exact_search if exact else search_bytes(n, g, streamed=out_of_core, n_jobs=n_jobs),
         "output": matrix if output_in_memory else 0,
     }
     held = 0 if out_of_core else matrix
