@@ -192,6 +192,43 @@ def test_candidate_selection_equals_naive(case):
         np.testing.assert_array_equal(got, _naive_selection(row, c))
 
 
+@pytest.mark.parametrize("kind", ["sparse", "dense", "streamed"])
+def test_pairs_listed_both_ways_scored_once_bitwise(pbmc, kind, monkeypatch):
+    # A pair (i, j) whose mirror (j, i) is listed too takes the mirror's sum: it must be the
+    # very float64 sum that scoring (i, j) on its own gives, on every scoring path.
+    X, _ = pbmc
+    n = 600
+    M = {"sparse": X[:n], "dense": X[:n].toarray(), "streamed": Streamed(X[:n].toarray())}[kind]
+    monkeypatch.setattr(_ann, "SLICE_BYTES", 4 * n * 512)  # streamed: 4 column slices
+    rng = np.random.default_rng(0)
+    rows = [np.unique(rng.choice(n, size=30, replace=False)) for _ in range(n)]
+    rows[5] = np.r_[rows[5], 7]  # make sure of mirrored pairs with no gaps between the rows
+    rows[7] = np.r_[rows[7], 5]
+    rows = [np.unique(r) for r in rows]
+    cptr = np.r_[0, np.cumsum([r.size for r in rows])].astype(np.int64)
+    cidx = np.concatenate(rows).astype(np.int64)
+    flags = _ann._mirrored(cptr, cidx)
+    listed = {(i, int(j)) for i, r in enumerate(rows) for j in r}
+    np.testing.assert_array_equal(flags, [j < i and (j, i) in listed for i, j in sorted(listed)])
+    assert flags.sum() > 300  # 30 of 600 rows per list: 5% of pairs listed both ways, half of them flagged
+    norms = np.sqrt(np.asarray(X[:n].multiply(X[:n]).sum(axis=1), dtype=np.float64).ravel())
+    scorer = _ann._Scorer(_ann.as_matrix(M), norms, np.arange(n))
+    together = scorer(cptr, cidx)
+    alone = np.concatenate([_one_row(scorer, i, r, n) for i, r in enumerate(rows)])
+    np.testing.assert_array_equal(together, alone)
+    first = cptr[5] + np.searchsorted(rows[5], 7)
+    second = cptr[7] + np.searchsorted(rows[7], 5)
+    assert flags[second] and not flags[first]
+    assert together[first].tobytes() == together[second].tobytes()
+
+
+def _one_row(scorer, i: int, candidates: np.ndarray, n: int) -> np.ndarray:
+    """The scores of row ``i``'s candidates with no other row listed (so nothing mirrored)."""
+    cptr = np.zeros(n + 1, dtype=np.int64)
+    cptr[i + 1 :] = candidates.size
+    return scorer(cptr, candidates.astype(np.int64))
+
+
 def test_empty_input():
     indices, values = approximate_neighbours(np.zeros((0, 4), dtype=np.float32), 5, random_state=0)
     assert indices.shape == values.shape == (0, 0)

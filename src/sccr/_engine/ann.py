@@ -18,7 +18,9 @@ in memory is not copied):
    the cosine that the projection keeps). Each row keeps :data:`N_CANDIDATES`.
 3. **Exact scoring.** Every candidate pair is scored with the exact cosine in
    the full ``G`` dimensions (float64 sums of float32 entries over the
-   normalised rows, rounded to float32, as in the exact search).
+   normalised rows, rounded to float32, as in the exact search). A pair listed
+   both ways round (a third of the first candidates on resampled cells) is summed
+   once: the sum is the same bit for bit in either order of its rows.
 4. **Refinement.** :data:`N_REFINE` round(s) of NN-descent: a row's new
    candidates are the current neighbours of its neighbours and the rows that
    have it as a neighbour; they are scored exactly as in step 3.
@@ -338,9 +340,41 @@ def propose_candidates(P: np.ndarray, n_candidates: int, rng: np.random.Generato
     return out, labels
 
 
+@njit(cache=True)
+def _position(cidx, lo, hi, v):  # pragma: no cover - numba
+    """Index of ``v`` in the ascending ``cidx[lo:hi]``, or -1."""
+    p = lo + np.searchsorted(cidx[lo:hi], v)
+    return p if p < hi and cidx[p] == v else -1
+
+
 @njit(parallel=True, cache=True)
-def _score_sparse(indptr, indices, data, g, order, cptr, cidx, out):  # pragma: no cover - numba
-    """``out[e] = <row i, row cidx[e]>`` for ``e`` in ``cptr[i]:cptr[i+1]``; CSR rows of unit norm, float64.
+def _mirrored(cptr, cidx):  # pragma: no cover - numba
+    """Flags the pairs ``(i, j)``, ``j < i``, whose mirror ``(j, i)`` is listed too (rows of ``cidx`` ascending).
+
+    A pair's score is the same float64 sum both ways round (the same products in the same
+    column order), so a flagged pair is not summed: :func:`_copy_mirrored` copies its mirror's.
+    """
+    flags = np.zeros(cidx.size, dtype=np.bool_)
+    for i in prange(cptr.size - 1):
+        for e in range(cptr[i], cptr[i + 1]):
+            j = cidx[e]
+            flags[e] = j < i and _position(cidx, cptr[j], cptr[j + 1], i) >= 0
+    return flags
+
+
+@njit(parallel=True, cache=True)
+def _copy_mirrored(cptr, cidx, mirrored, out):  # pragma: no cover - numba
+    """``out[e] = out[mirror of e]`` for every flagged pair (:func:`_mirrored`)."""
+    for i in prange(cptr.size - 1):
+        for e in range(cptr[i], cptr[i + 1]):
+            if mirrored[e]:
+                j = cidx[e]
+                out[e] = out[_position(cidx, cptr[j], cptr[j + 1], i)]
+
+
+@njit(parallel=True, cache=True)
+def _score_sparse(indptr, indices, data, g, order, cptr, cidx, mirrored, out):  # pragma: no cover - numba
+    """``out[e] = <row i, row cidx[e]>`` for ``e`` in ``cptr[i]:cptr[i+1]``, unless ``mirrored[e]``; CSR rows of unit norm, float64.
 
     Rows are visited in ``order`` (by cluster) so that candidate rows are read
     while in cache; every pair is summed in the same order whatever the threads.
@@ -354,6 +388,8 @@ def _score_sparse(indptr, indices, data, g, order, cptr, cidx, out):  # pragma: 
             for p in range(indptr[i], indptr[i + 1]):
                 dense[indices[p]] = data[p]
             for e in range(cptr[i], cptr[i + 1]):
+                if mirrored[e]:
+                    continue
                 j = cidx[e]
                 acc = 0.0
                 for p in range(indptr[j], indptr[j + 1]):
@@ -364,8 +400,8 @@ def _score_sparse(indptr, indices, data, g, order, cptr, cidx, out):  # pragma: 
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _accumulate_dense(S, order, cptr, cidx, out):  # pragma: no cover - numba
-    """``out[e] += <S[i], S[cidx[e]]>`` (float64) for a column slice ``S`` of all rows.
+def _accumulate_dense(S, order, cptr, cidx, mirrored, out):  # pragma: no cover - numba
+    """``out[e] += <S[i], S[cidx[e]]>`` (float64) for a column slice ``S`` of all rows, unless ``mirrored[e]``.
 
     Columns are taken :data:`TILE` at a time and rows in ``order`` (by cluster),
     so that the candidate rows of a cluster stay in cache.
@@ -378,6 +414,8 @@ def _accumulate_dense(S, order, cptr, cidx, out):  # pragma: no cover - numba
             for pp in range(ch * chunk, min(n, (ch + 1) * chunk)):
                 i = order[pp]
                 for e in range(cptr[i], cptr[i + 1]):
+                    if mirrored[e]:
+                        continue
                     j = cidx[e]
                     acc = 0.0
                     for q in range(t0, t1):
@@ -400,21 +438,25 @@ class _Scorer:
             self.sparse = X
 
     def __call__(self, cptr: np.ndarray, cidx: np.ndarray) -> np.ndarray:
+        """Scores of the pairs; every row of ``cidx`` ascending and distinct. A pair listed both ways round is summed once."""
         n, g = self.source.shape
+        mirrored = _mirrored(cptr, cidx)
+        out = np.zeros(cidx.size, dtype=np.float64)
         if self.sparse is not None:  # rows already normalised: one float64 sum per pair
             X = self.sparse
-            out = np.zeros(cidx.size, dtype=np.float64)
-            _score_sparse(X.indptr, X.indices, X.data, g, self.order, cptr, cidx, out)
-            return out.astype(np.float32)
-        out = np.zeros(cidx.size, dtype=np.float64)
-        if isinstance(self.source, DenseMatrix) and isinstance(self.source.array, np.ndarray):
-            _accumulate_dense(np.ascontiguousarray(self.source.array, dtype=np.float32), self.order, cptr, cidx, out)
+            _score_sparse(X.indptr, X.indices, X.data, g, self.order, cptr, cidx, mirrored, out)
+        elif isinstance(self.source, DenseMatrix) and isinstance(self.source.array, np.ndarray):
+            S = np.ascontiguousarray(self.source.array, dtype=np.float32)
+            _accumulate_dense(S, self.order, cptr, cidx, mirrored, out)
         else:
             width = max(TILE, SLICE_BYTES // (4 * max(n, 1)) // TILE * TILE)
             for g0 in range(0, g, width):
                 S = self._column_slice(g0, min(g, g0 + width))
-                _accumulate_dense(S, self.order, cptr, cidx, out)
+                _accumulate_dense(S, self.order, cptr, cidx, mirrored, out)
                 del S
+        _copy_mirrored(cptr, cidx, mirrored, out)
+        if self.sparse is not None:
+            return out.astype(np.float32)
         return _scaled(out, cptr, cidx, self.inv)
 
     def _column_slice(self, g0: int, g1: int) -> np.ndarray:
@@ -427,11 +469,12 @@ def search_bytes(n_rows: int, n_cols: int, *, streamed: bool, n_jobs: int = 1) -
 
     The normalised PCA sample (:data:`PCA_SAMPLE_ROWS` rows) with its products in the
     subspace iteration, the projections, the candidate lists with their scores (about
-    ``N_CANDIDATES`` per row, then as many again in the refinement round), the refinement's
+    ``N_CANDIDATES`` per row, then as many again in the refinement round, with a byte per pair
+    flagging those listed both ways round), the refinement's
     marking arrays (8 bytes per row and thread), and, for a matrix read in blocks, one
     column slice of at most :data:`SLICE_BYTES`.
     """
-    per_row = 4 * N_COMPONENTS + 2 * (N_CANDIDATES + 1) * (8 + 8 + 4) + 64 + 8 * max(1, n_jobs)
+    per_row = 4 * N_COMPONENTS + 2 * (N_CANDIDATES + 1) * (8 + 8 + 4 + 1) + 64 + 8 * max(1, n_jobs)
     # The normalised sample, and its product with the basis (float32, then float64) in the subspace iteration.
     sample_rows = min(n_rows, PCA_SAMPLE_ROWS)
     sample = 4 * sample_rows * n_cols + (4 + 8) * sample_rows * (N_COMPONENTS + OVERSAMPLING)
