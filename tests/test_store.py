@@ -36,6 +36,20 @@ def test_panel_file_round_trips_columns_and_rows(tmp_path, M, width):
     f.close(), g.close()
 
 
+@pytest.mark.parametrize("n_jobs", [1, 2, 3])
+def test_panel_file_columns_across_panels_in_row_pieces(tmp_path, M, n_jobs, monkeypatch):
+    # Several panels are read in pieces of rows, on the run's threads: the same block, every
+    # piece in place, with a last piece shorter than the others and a last panel narrower.
+    monkeypatch.setattr("sccr._engine.matrix.PANEL_READ_ROWS", 8)
+    f = PanelFile(tmp_path / "m.f32", M.shape, 5)
+    for start in range(0, M.shape[1], 5):
+        f.write_columns(start, M[:, start : start + 5])
+    with executing(Execution(n_jobs=n_jobs)):
+        for start, stop in [(0, 23), (5, 15), (10, 99), (20, 23)]:
+            np.testing.assert_array_equal(f.columns(start, stop), M[:, start:stop])
+    f.close()
+
+
 def test_panel_file_refuses_unaligned_column_blocks(tmp_path, M):
     f = PanelFile(tmp_path / "m.f32", M.shape, 4)
     with pytest.raises(ValueError, match="multiple of 4"):
