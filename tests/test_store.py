@@ -37,9 +37,9 @@ def test_panel_file_round_trips_columns_and_rows(tmp_path, M, width):
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2, 3])
-def test_panel_file_columns_across_panels_in_row_pieces(tmp_path, M, n_jobs, monkeypatch):
-    # Several panels are read in pieces of rows, on the run's threads: the same block, every
-    # piece in place, with a last piece shorter than the others and a last panel narrower.
+def test_panel_file_reads_in_row_pieces_on_threads(tmp_path, M, n_jobs, monkeypatch):
+    # Blocks of columns across panels, and of rows, are read in pieces of rows on the run's
+    # threads: the same block, every piece in place, last pieces shorter, the last panel narrower.
     monkeypatch.setattr("sccr._engine.matrix.PANEL_READ_ROWS", 8)
     f = PanelFile(tmp_path / "m.f32", M.shape, 5)
     for start in range(0, M.shape[1], 5):
@@ -47,6 +47,9 @@ def test_panel_file_columns_across_panels_in_row_pieces(tmp_path, M, n_jobs, mon
     with executing(Execution(n_jobs=n_jobs)):
         for start, stop in [(0, 23), (5, 15), (10, 99), (20, 23)]:
             np.testing.assert_array_equal(f.columns(start, stop), M[:, start:stop])
+        for start, stop in [(0, 37), (3, 30), (8, 16), (36, 37), (5, 5)]:
+            np.testing.assert_array_equal(f.rows(start, stop), M[start:stop])
+        np.testing.assert_array_equal(np.vstack([b for _, b in f.row_blocks(10)]), M)
     f.close()
 
 

@@ -42,7 +42,7 @@ READ_BLOCK_BYTES = 64 << 20
 RIDE_ALONG_BYTES = 1 << 30
 #: Bytes of one column slice of a matrix read in row blocks, during approximate scoring.
 SLICE_BYTES = 2 << 30
-#: Rows of a panel read at once when several panels are gathered into one block of columns.
+#: Rows of a panel read at once when several panels are gathered into one block.
 PANEL_READ_ROWS = 65536
 
 
@@ -251,8 +251,7 @@ class PanelFile(Matrix):
             yield first, min(self.width, self.shape[1] - first), 4 * n * first
 
     def columns(self, start: int, stop: int) -> np.ndarray:
-        """Columns ``start..stop``: one panel is read in place; several, in pieces of
-        :data:`PANEL_READ_ROWS` rows copied into place on the current execution's threads."""
+        """Columns ``start..stop``: one panel is read in place, several in pieces (:meth:`_read_pieces`)."""
         stop = min(stop, self.shape[1])
         n = self.shape[0]
         out = np.empty((n, stop - start), dtype=np.float32)
@@ -260,25 +259,38 @@ class PanelFile(Matrix):
         if len(panels) == 1 and panels[0][1] == stop - start:
             _pread_into(self._fd, out, panels[0][2])
             return out
-        pieces = [
-            (first, width, offset, row) for first, width, offset in panels for row in range(0, n, PANEL_READ_ROWS)
-        ]
+        self._read_pieces(
+            out,
+            [
+                (offset + 4 * width * row, row, first - start, min(n, row + PANEL_READ_ROWS) - row, width)
+                for first, width, offset in panels
+                for row in range(0, n, PANEL_READ_ROWS)
+            ],
+        )
+        return out
 
-        def copy(share: list[tuple[int, int, int, int]]) -> None:
-            buffer = np.empty(min(n, PANEL_READ_ROWS) * self.width, dtype=np.float32)
-            for first, width, offset, row in share:
-                end = min(n, row + PANEL_READ_ROWS)
-                piece = buffer[: (end - row) * width].reshape(end - row, width)
-                _pread_into(self._fd, piece, offset + 4 * width * row)
-                out[row:end, first - start : first - start + width] = piece
+    def _read_pieces(self, out: np.ndarray, pieces: list[tuple[int, int, int, int, int]]) -> None:
+        """Read each ``(offset, row, column, rows, width)`` piece of the file into ``out[row:, column:]``.
+
+        Pieces are at most :data:`PANEL_READ_ROWS` rows of a panel (a buffer of 16 MiB per thread).
+        On the current execution's threads (the reads and copies release the GIL: 2.2x on 2
+        threads for a 1M x 512 slice in the page cache, ``benchmarks/panel_read.py``).
+        """
+        size = max((rows * width for _, _, _, rows, width in pieces), default=0)
+
+        def read(share: list[tuple[int, int, int, int, int]]) -> None:
+            buffer = np.empty(size, dtype=np.float32)
+            for offset, row, column, rows, width in share:
+                piece = buffer[: rows * width].reshape(rows, width)
+                _pread_into(self._fd, piece, offset)  # a row range of a panel is contiguous
+                out[row : row + rows, column : column + width] = piece
 
         n_jobs = min(current().n_jobs, len(pieces))
         if n_jobs <= 1:
-            copy(pieces)
-        else:  # the reads and copies release the GIL: 2.2x on 2 threads for a 1M x 512 slice in the page cache
+            read(pieces)
+        else:
             with ThreadPoolExecutor(max_workers=n_jobs) as pool:
-                list(pool.map(copy, [pieces[i::n_jobs] for i in range(n_jobs)]))
-        return out
+                list(pool.map(read, [pieces[i::n_jobs] for i in range(n_jobs)]))
 
     def write_columns(self, start: int, block: np.ndarray) -> None:
         block = np.asarray(block, dtype=np.float32)
@@ -293,11 +305,14 @@ class PanelFile(Matrix):
     def rows(self, start: int, stop: int) -> np.ndarray:
         stop = min(stop, self.shape[0])
         out = np.empty((stop - start, self.shape[1]), dtype=np.float32)
-        buffer = np.empty((stop - start) * self.width, dtype=np.float32)
-        for first, width, offset in self._row_slices(start):
-            part = buffer[: (stop - start) * width].reshape(stop - start, width)
-            _pread_into(self._fd, part, offset)  # a row range of a panel is contiguous
-            out[:, first : first + width] = part
+        self._read_pieces(
+            out,
+            [
+                (offset + 4 * width * row, row, first, min(stop - start, row + PANEL_READ_ROWS) - row, width)
+                for first, width, offset in self._row_slices(start)
+                for row in range(0, stop - start, PANEL_READ_ROWS)
+            ],
+        )
         return out
 
     def row_blocks(self, rows: int = ROW_BLOCK) -> Iterator[tuple[int, np.ndarray]]:
