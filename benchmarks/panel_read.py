@@ -47,16 +47,23 @@ def main() -> None:
             store.write_columns(start, rng.random((args.cells, min(store.width, args.genes - start)), dtype=np.float32))
         store.close()
     store = PanelFile(args.path, shape, readonly=True)
+
+    def blocks():
+        """The reads timed, block by block as they are drawn."""
+        if args.rows:
+            yield from (block for _, block in store.row_blocks(4096))
+        else:
+            yield store.columns(0, args.columns)
+
     seconds = []
     with executing(Execution(n_jobs=args.n_jobs)):
         for _ in range(3):
             start = time.perf_counter()
-            blocks = store.row_blocks(4096) if args.rows else [(0, store.columns(0, args.columns))]
-            for _ in blocks:  # the reads happen as the blocks are drawn
+            for _ in blocks():
                 pass
             seconds.append(round(time.perf_counter() - start, 3))
         digest = hashlib.sha256()  # of what the same reads return, outside the timing
-        for _, block in store.row_blocks(4096) if args.rows else [(0, store.columns(0, args.columns))]:
+        for block in blocks():
             digest.update(block.tobytes())
     tree = Path(sccr.__file__).resolve().parents[2]
     what = "row blocks" if args.rows else f"columns 0-{args.columns}"

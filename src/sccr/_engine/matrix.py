@@ -259,23 +259,22 @@ class PanelFile(Matrix):
         if len(panels) == 1 and panels[0][1] == stop - start:
             _pread_into(self._fd, out, panels[0][2])
             return out
-        self._read_pieces(
-            out,
-            [
-                (offset + 4 * width * row, row, first - start, min(n, row + PANEL_READ_ROWS) - row, width)
-                for first, width, offset in panels
-                for row in range(0, n, PANEL_READ_ROWS)
-            ],
-        )
+        self._read_pieces(out, [(offset, first - start, width) for first, width, offset in panels])
         return out
 
-    def _read_pieces(self, out: np.ndarray, pieces: list[tuple[int, int, int, int, int]]) -> None:
-        """Read each ``(offset, row, column, rows, width)`` piece of the file into ``out[row:, column:]``.
+    def _read_pieces(self, out: np.ndarray, panels: list[tuple[int, int, int]]) -> None:
+        """Fill ``out`` from ``(offset, column, width)`` panel ranges: ``out.shape[0]`` rows of ``width`` columns from ``offset`` go to ``out[:, column:]``.
 
-        Pieces are at most :data:`PANEL_READ_ROWS` rows of a panel (a buffer of 16 MiB per thread).
-        On the current execution's threads (the reads and copies release the GIL: 2.2x on 2
+        Each range is read in pieces of at most :data:`PANEL_READ_ROWS` rows (a buffer of 16 MiB per
+        thread), on the current execution's threads (the reads and copies release the GIL: 2.2x on 2
         threads for a 1M x 512 slice in the page cache, ``benchmarks/panel_read.py``).
         """
+        n = out.shape[0]
+        pieces = [
+            (offset + 4 * width * row, row, column, min(n, row + PANEL_READ_ROWS) - row, width)
+            for offset, column, width in panels
+            for row in range(0, n, PANEL_READ_ROWS)
+        ]
         size = max((rows * width for _, _, _, rows, width in pieces), default=0)
 
         def read(share: list[tuple[int, int, int, int, int]]) -> None:
@@ -305,14 +304,7 @@ class PanelFile(Matrix):
     def rows(self, start: int, stop: int) -> np.ndarray:
         stop = min(stop, self.shape[0])
         out = np.empty((stop - start, self.shape[1]), dtype=np.float32)
-        self._read_pieces(
-            out,
-            [
-                (offset + 4 * width * row, row, first, min(stop - start, row + PANEL_READ_ROWS) - row, width)
-                for first, width, offset in self._row_slices(start)
-                for row in range(0, stop - start, PANEL_READ_ROWS)
-            ],
-        )
+        self._read_pieces(out, [(offset, first, width) for first, width, offset in self._row_slices(start)])
         return out
 
     def row_blocks(self, rows: int = ROW_BLOCK) -> Iterator[tuple[int, np.ndarray]]:
