@@ -222,6 +222,21 @@ def test_pairs_listed_both_ways_scored_once_bitwise(pbmc, kind, monkeypatch):
     assert together[first].tobytes() == together[second].tobytes()
 
 
+@pytest.mark.parametrize("width", [1, 255, 256, 600])  # one tile, a partial tile, tiles and a remainder
+def test_dense_scores_equal_float64_dot_products(width):
+    # The dense kernel sums float64 products over tiles of columns starting anywhere in the row.
+    rng = np.random.default_rng(4)
+    S = (rng.random((300, width)) * (rng.random((300, width)) < 0.4)).astype(np.float32)
+    rows = [np.unique(rng.choice(300, size=20, replace=False)) for _ in range(300)]
+    cptr = np.r_[0, np.cumsum([r.size for r in rows])].astype(np.int64)
+    cidx = np.concatenate(rows).astype(np.int64)
+    out = np.zeros(cidx.size)
+    _ann._accumulate_dense(S, rng.permutation(300), cptr, cidx, np.zeros(cidx.size, dtype=bool), out)
+    S64 = S.astype(np.float64)
+    naive = np.concatenate([S64[r] @ S64[i] for i, r in enumerate(rows)])
+    np.testing.assert_allclose(out, naive, rtol=1e-13, atol=0)
+
+
 def _one_row(scorer, i: int, candidates: np.ndarray, n: int) -> np.ndarray:
     """The scores of row ``i``'s candidates with no other row listed (so nothing mirrored)."""
     cptr = np.zeros(n + 1, dtype=np.int64)
