@@ -237,6 +237,19 @@ def test_dense_scores_equal_float64_dot_products(width):
     np.testing.assert_allclose(out, naive, rtol=1e-13, atol=0)
 
 
+def test_reverse_lists_equal_naive():
+    # Every row's list of the rows that list it, lowest first, cut at ``cap``.
+    rng = np.random.default_rng(5)
+    n, m, cap = 500, 8, 6
+    hubs = rng.choice(n, size=20, replace=False)  # listed by many rows: their lists are cut
+    indices = np.array([rng.choice(np.union1d(hubs, rng.choice(n, 30)), size=m, replace=False) for _ in range(n)])
+    assert len(set(map(tuple, indices))) > 1 and np.bincount(indices.ravel(), minlength=n).max() > cap
+    ptr, idx = _ann._reverse_lists(indices, cap)
+    for v in range(n):
+        expected = [i for i in range(n) if v in indices[i]][:cap]
+        np.testing.assert_array_equal(idx[ptr[v] : ptr[v + 1]], expected)
+
+
 def _one_row(scorer, i: int, candidates: np.ndarray, n: int) -> np.ndarray:
     """The scores of row ``i``'s candidates with no other row listed (so nothing mirrored)."""
     cptr = np.zeros(n + 1, dtype=np.int64)

@@ -568,17 +568,30 @@ def _sort_rows(ptr, idx):  # pragma: no cover - numba
         idx[ptr[i] : ptr[i + 1]] = np.sort(idx[ptr[i] : ptr[i + 1]])
 
 
-def _reverse_lists(indices: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
-    """For every row, up to ``cap`` rows that list it (lowest indices first), as CSR arrays."""
+@njit(cache=True)
+def _reverse_lists(indices, cap):  # pragma: no cover - numba
+    """For every row, up to ``cap`` rows that list it (lowest indices first), as CSR arrays.
+
+    A counting sort: rows are visited in increasing order, so each list comes out ascending.
+    """
     n, m = indices.shape
-    src = np.repeat(np.arange(n), m)
-    dst = indices.ravel()
-    order = np.argsort(dst, kind="stable")
-    src, dst = src[order], dst[order]
-    rank = np.arange(dst.size) - np.searchsorted(dst, dst)
-    keep = rank < cap
-    counts = np.bincount(dst[keep], minlength=n)
-    return np.r_[0, np.cumsum(counts)].astype(np.int64), src[keep].astype(np.int64)
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n):
+        for t in range(m):
+            v = indices[i, t]
+            if ptr[v + 1] < cap:
+                ptr[v + 1] += 1
+    for v in range(n):
+        ptr[v + 1] += ptr[v]
+    fill = ptr[:-1].copy()
+    idx = np.empty(ptr[n], dtype=np.int64)
+    for i in range(n):
+        for t in range(m):
+            v = indices[i, t]
+            if fill[v] < ptr[v + 1]:
+                idx[fill[v]] = i
+                fill[v] += 1
+    return ptr, idx
 
 
 def _refine_candidates(indices, scored_ptr, scored_idx):
