@@ -378,6 +378,8 @@ def _score_sparse(indptr, indices, data, g, order, cptr, cidx, mirrored, out):  
 
     Rows are visited in ``order`` (by cluster) so that candidate rows are read
     while in cache; every pair is summed in the same order whatever the threads.
+    Positions and column indices are unsigned (``indices`` a uint view): no negative-index
+    wraparound on the loads.
     """
     n = order.size
     chunk = 256
@@ -385,17 +387,17 @@ def _score_sparse(indptr, indices, data, g, order, cptr, cidx, mirrored, out):  
         dense = np.zeros(g, dtype=np.float64)
         for pp in range(ch * chunk, min(n, (ch + 1) * chunk)):
             i = order[pp]
-            for p in range(indptr[i], indptr[i + 1]):
+            for p in range(np.uint64(indptr[i]), np.uint64(indptr[i + 1])):
                 dense[indices[p]] = data[p]
             for e in range(cptr[i], cptr[i + 1]):
                 if mirrored[e]:
                     continue
                 j = cidx[e]
                 acc = 0.0
-                for p in range(indptr[j], indptr[j + 1]):
+                for p in range(np.uint64(indptr[j]), np.uint64(indptr[j + 1])):
                     acc += dense[indices[p]] * data[p]
                 out[e] = acc
-            for p in range(indptr[i], indptr[i + 1]):
+            for p in range(np.uint64(indptr[i]), np.uint64(indptr[i + 1])):
                 dense[indices[p]] = 0.0
 
 
@@ -446,7 +448,8 @@ class _Scorer:
         out = np.zeros(cidx.size, dtype=np.float64)
         if self.sparse is not None:  # rows already normalised: one float64 sum per pair
             X = self.sparse
-            _score_sparse(X.indptr, X.indices, X.data, g, self.order, cptr, cidx, mirrored, out)
+            indices = X.indices.view(np.uint32 if X.indices.dtype == np.int32 else np.uint64)
+            _score_sparse(X.indptr, indices, X.data, g, self.order, cptr, cidx, mirrored, out)
         elif isinstance(self.source, DenseMatrix) and isinstance(self.source.array, np.ndarray):
             S = np.ascontiguousarray(self.source.array, dtype=np.float32)
             _accumulate_dense(S, self.order, cptr, cidx, mirrored, out)
