@@ -49,7 +49,7 @@ from numba import get_num_threads, njit, prange
 from threadpoolctl import threadpool_limits
 
 from .execution import current
-from .matrix import ROW_BLOCK, SLICE_BYTES, DenseMatrix, Matrix, SparseMatrix, as_matrix
+from .matrix import ROW_BLOCK, SLICE_BYTES, DenseMatrix, Matrix, SparseMatrix, as_matrix, unsigned_indices
 
 #: Dimension of the projection that proposes candidates.
 N_COMPONENTS = 192
@@ -448,8 +448,7 @@ class _Scorer:
         out = np.zeros(cidx.size, dtype=np.float64)
         if self.sparse is not None:  # rows already normalised: one float64 sum per pair
             X = self.sparse
-            indices = X.indices.view(np.uint32 if X.indices.dtype == np.int32 else np.uint64)
-            _score_sparse(X.indptr, indices, X.data, g, self.order, cptr, cidx, mirrored, out)
+            _score_sparse(X.indptr, unsigned_indices(X), X.data, g, self.order, cptr, cidx, mirrored, out)
         elif isinstance(self.source, DenseMatrix) and isinstance(self.source.array, np.ndarray):
             S = np.ascontiguousarray(self.source.array, dtype=np.float32)
             _accumulate_dense(S, self.order, cptr, cidx, mirrored, out)

@@ -51,6 +51,15 @@ def dense(block) -> np.ndarray:
     return block.toarray() if sp.issparse(block) else np.asarray(block, dtype=np.float32)
 
 
+def unsigned_indices(M: sp.csr_matrix) -> np.ndarray:
+    """The column indices of CSR ``M`` viewed as unsigned integers (the same values, no copy).
+
+    Compiled kernels that index with them skip numba's negative-index wraparound, which
+    costs a select per load and can turn vector loads into gathers.
+    """
+    return M.indices.view(np.uint32 if M.indices.dtype == np.int32 else np.uint64)
+
+
 class Matrix:
     """A cells x genes float32 matrix read in blocks.
 

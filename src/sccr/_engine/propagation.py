@@ -23,7 +23,7 @@ from numba import njit
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from .execution import current
-from .matrix import PANEL_WIDTH, DenseMatrix, Matrix, as_matrix
+from .matrix import PANEL_WIDTH, DenseMatrix, Matrix, as_matrix, unsigned_indices
 
 
 @njit(nogil=True, cache=True, fastmath=False)
@@ -75,9 +75,7 @@ def propagate_block(
     if observed is None:
         observed = x0 != 0
     out = np.empty_like(x0)
-    # Unsigned column indices (the same values): the kernel then skips the negative-index wraparound.
-    indices = A.indices.view(np.uint32 if A.indices.dtype == np.int32 else np.uint64)
-    _propagate_block(A.indptr, indices, A.data, x0, observed, n_iter, hard, np.float32(beta), out)
+    _propagate_block(A.indptr, unsigned_indices(A), A.data, x0, observed, n_iter, hard, np.float32(beta), out)
     return out
 
 
