@@ -64,6 +64,19 @@ def soft(A, X0, n_iter: int, beta: float) -> np.ndarray:
     return out
 
 
+def signed_top(S, m: int, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``m`` entries of largest ``|S|``: the ``m + margin`` largest (ties: lower column) are
+    the candidates, ranked by ``|S|``, then positive before negative, then lower column."""
+    S = np.asarray(S)
+    n = S.shape[1]
+    rows = []
+    for s in S:
+        candidates = sorted(range(n), key=lambda j: (-abs(s[j]), j))[: m + margin]
+        rows.append(sorted(candidates, key=lambda j: (-abs(s[j]), j + n * (s[j] < 0)))[:m])
+    indices = np.array(rows, dtype=np.int64).reshape(S.shape[0], m)
+    return indices, np.take_along_axis(S, indices, axis=1)
+
+
 def standardise_2g(D) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Step 2a-b: Dc = [D, -D], column mean and deviation (ddof=1, zero -> mean of all), Z."""
     D = dense(D).astype(np.float64)

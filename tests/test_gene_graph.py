@@ -207,3 +207,39 @@ def test_signed_graph_ties_follow_the_concatenated_graph():
     assert S[1, positive] > 0
     idx, _ = row_block_search(np.hstack([Z, -Z]).T, 2)
     assert set(idx[1]) - {1} == {positive}  # the same choice in gene 1's row of the 2G graph
+
+
+@pytest.mark.parametrize("values", ["continuous", "ties"])
+@pytest.mark.parametrize("margin", [0, 1, 8])
+def test_signed_top_equals_naive(values, margin):
+    """The compiled ranking of the gene graph against a sort of every row, including rows full of
+    exact |r| ties of both signs (where the candidates' cut-off and the sign order both matter)."""
+    from sccr._engine.ranking import signed_top
+
+    rng = np.random.default_rng(margin)
+    for m, n in [(1, 1), (3, 5), (3, 40), (12, 12), (5, 7)]:
+        if values == "continuous":
+            gram = rng.standard_normal((9, n))
+        else:
+            gram = rng.integers(-2, 3, size=(9, n)) / 2.0
+        row_scale, col_scale = rng.choice([0.5, 1.0], size=9), rng.choice([0.0, 0.5, 1.0, 2.0], size=n)
+        indices = np.empty((9, m), dtype=np.int64)
+        correlations = np.empty((9, m), dtype=np.float32)
+        signed_top(gram, row_scale, col_scale, m, margin, indices, correlations)
+        S = (gram * row_scale[:, None] * col_scale[None, :]).astype(np.float32)
+        expected_indices, expected = naive.signed_top(S, m, margin)
+        np.testing.assert_array_equal(indices, expected_indices)
+        np.testing.assert_array_equal(correlations, expected)
+
+
+def test_signed_graph_same_in_gene_blocks(D, monkeypatch):
+    """Correlations computed a few genes at a time (several passes over the cells) give the same graph bit for bit."""
+    import sccr._engine.graph as _graph
+
+    mean, std = standardisation(D)
+    whole = signed_gene_graph(D, mean, std, 2, cell_chunk=11)
+    monkeypatch.setattr(_graph, "SIMILARITY_BLOCK_ELEMENTS", 2 * 4 * D.shape[1] + 1)  # 4 genes a block
+    assert _graph.gene_block_rows(D.shape[1]) == 4
+    blocked = signed_gene_graph(D, mean, std, 2, cell_chunk=11)
+    for a in ("indices", "indptr", "data"):
+        np.testing.assert_array_equal(getattr(whole, a), getattr(blocked, a))

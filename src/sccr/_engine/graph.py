@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from .execution import current
 from .matrix import ROW_BLOCK, SIMILARITY_BLOCK_ELEMENTS, Matrix, as_matrix, in_memory
+from .statistics import standardised
 
 #: Float32 products of unit vectors are this close to exact (far below for d < 10^5):
 #: candidates within it of the k-th similarity are re-ranked on exact values.
@@ -281,7 +282,6 @@ def top_neighbours(
     n: int,
     n_neighbours: int,
     *,
-    signed: bool = False,
     exact: ExactCosine | None = None,
     margin: int = 8,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -293,30 +293,24 @@ def top_neighbours(
         ``(start, S)`` pairs covering rows ``0..n`` in order; ``S`` is ``b x n``.
     n_neighbours
         How many entries each row keeps (``k + 1`` with the node itself).
-    signed
-        Rank by absolute value instead of value (the signed gene graph).
     exact
         Recomputes the similarities of the candidate columns precisely, so the
-        rounding of the block cannot reorder near-ties (not with ``signed``).
+        rounding of the block cannot reorder near-ties.
     margin
         Extra candidates taken from each block row before the final ranking.
 
     Returns
     -------
     indices, values
-        ``n x n_neighbours`` arrays, ordered by decreasing rank within each row;
-        equal similarities go to the lower column index (signed: positive
-        before negative, then the lower column index, which is the order of
-        the concatenated ``[Z, -Z]`` graph).
+        ``n x n_neighbours`` arrays, in decreasing similarity within each row;
+        equal similarities go to the lower column index.
     """
     m = min(n_neighbours, n)
     indices = np.empty((n, m), dtype=np.int64)
     values = np.empty((n, m), dtype=np.float32)
     for start, S in blocks:
         b = S.shape[0]
-        indices[start : start + b], values[start : start + b] = block_top(
-            start, S, m, signed=signed, exact=exact, margin=margin
-        )
+        indices[start : start + b], values[start : start + b] = block_top(start, S, m, exact=exact, margin=margin)
     return indices, values
 
 
@@ -325,7 +319,6 @@ def block_top(
     S: np.ndarray,
     m: int,
     *,
-    signed: bool = False,
     exact: ExactCosine | None = None,
     margin: int = 8,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -338,19 +331,12 @@ def block_top(
     :data:`MAX_EXTRA_CANDIDATES` more than ``m`` are taken, which bounds the cost.
     """
     if exact is not None:
-        if signed:
-            raise ValueError("exact re-ranking is for cosine searches, not signed ones")
         return exact.top(start, S, m, margin)
     n = S.shape[1]
     rows = np.arange(S.shape[0])[:, None]
-    key = np.abs(S) if signed else S
-    cols = _candidates(key, min(n, m + margin))
+    cols = _candidates(S, min(n, m + margin))
     sims = S[rows, cols]
-    key = np.abs(sims) if signed else sims
-    # Ties: lower column first; signed, positive before negative (node h
-    # before node G + h in the concatenated graph), then lower column.
-    tiebreak = cols + n * (sims < 0) if signed else cols
-    order = np.lexsort((tiebreak, -key), axis=1)[:, :m]
+    order = np.lexsort((cols, -sims), axis=1)[:, :m]
     return cols[rows, order], sims[rows, order]
 
 
@@ -475,30 +461,26 @@ def neighbour_distances(indices: np.ndarray, values: np.ndarray) -> sp.csr_matri
     return D
 
 
-def _counted(blocks: Iterator, bar) -> Iterator:
-    """``blocks``, advancing ``bar`` after each."""
-    for item in blocks:
-        yield item
-        bar.update()
-
-
 def _standardised_gram_blocks(
     D: Matrix, mean: np.ndarray, scale: np.ndarray, cell_chunk: int
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield the gene-gene cosine matrix of the standardised columns of ``D`` in row blocks.
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield the Gram matrix of the standardised columns ``Z`` of ``D`` in row blocks, and the column norms of ``Z``.
 
-    The cosine of two standardised columns is their Pearson correlation; it is
-    accumulated over chunks of cells in float64 so that ``D`` is never copied whole.
+    Accumulated over chunks of cells in float64 so that ``D`` is never copied whole;
+    the norms (float64, every column) come with the first block, from the same pass over ``D``.
     """
     n, g = D.shape
     block = gene_block_rows(g)
+    squares = np.zeros(g, dtype=np.float64)
     for start in range(0, g, block):
         stop = min(g, start + block)
         gram = np.zeros((stop - start, g), dtype=np.float64)
         for _, rows in D.row_blocks(cell_chunk):
-            Z = ((rows - mean) / scale).astype(np.float64)
+            Z, chunk_squares = standardised(rows, mean, scale)
+            if start == 0:
+                squares += chunk_squares
             gram += Z[:, start:stop].T @ Z
-        yield start, gram
+        yield start, gram, np.sqrt(squares)
 
 
 def gene_block_rows(n_genes: int) -> int:
@@ -520,30 +502,29 @@ def signed_gene_graph(D, mean: np.ndarray, scale: np.ndarray, k: int, *, cell_ch
 
 
 def signed_gene_neighbours(
-    D, mean: np.ndarray, scale: np.ndarray, k: int, *, cell_chunk: int = ROW_BLOCK
+    D, mean: np.ndarray, scale: np.ndarray, k: int, *, cell_chunk: int = ROW_BLOCK, margin: int = 8
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each gene's ``k + 1`` partners of largest absolute Pearson correlation over the columns of ``D`` (itself first).
 
-    Returns ``(indices, correlations)``, ``G x (k + 1)``, ranked as :func:`top_neighbours`
-    (signed); :func:`graph_from_neighbours` turns them into the signed gene graph.
+    Returns ``(indices, correlations)`` (float32), ``G x (k + 1)``, in decreasing ``|r|``; equal ``|r|``
+    go positive before negative, then to the lower gene (:func:`~.ranking.signed_top`, with
+    ``margin`` extra candidates per gene). :func:`graph_from_neighbours` turns them into the
+    signed gene graph.
     """
+    from .ranking import signed_top
+
     D = as_matrix(D)
     g = D.shape[1]
-    # Column norms of Z: diag of the Gram matrix, computed over cell chunks.
-    norms = np.zeros(g, dtype=np.float64)
-    for _, rows in D.row_blocks(cell_chunk):
-        Z = (rows - mean) / scale
-        norms += np.einsum("ij,ij->j", Z, Z, dtype=np.float64)
-    norms = np.sqrt(norms)
-    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-
-    def correlation_blocks() -> Iterator[tuple[int, np.ndarray]]:
-        for start, gram in _standardised_gram_blocks(D, mean, scale, cell_chunk):
-            corr = gram * inv[start : start + gram.shape[0], None] * inv[None, :]
-            yield start, corr.astype(np.float32)
-
+    m = min(k + 1, g)
+    indices = np.empty((g, m), dtype=np.int64)
+    correlations = np.empty((g, m), dtype=np.float32)
     with current().bar("gene graph", -(-g // gene_block_rows(g))) as bar:
-        return top_neighbours(_counted(correlation_blocks(), bar), g, k + 1, signed=True)
+        for start, gram, norms in _standardised_gram_blocks(D, mean, scale, cell_chunk):
+            inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+            stop = start + gram.shape[0]
+            signed_top(gram, inv[start:stop], inv, m, margin, indices[start:stop], correlations[start:stop])
+            bar.update()
+    return indices, correlations
 
 
 #: How a cell graph finds neighbours across batches (``batch_key=``): ``"balanced"``, about

@@ -28,6 +28,7 @@ from .graph import (
 )
 from .matrix import PANEL_WIDTH, ROW_BLOCK, DenseMatrix, Matrix, PanelFile, SparseMatrix, Workspace, as_matrix
 from .propagation import propagate, propagate_chunks
+from .statistics import column_squared_deviations, column_sums
 
 #: Where each method's memory can peak, in the order its runner below goes, as
 #: (N x G float32 matrices of the pipeline held in memory, what runs beside them):
@@ -105,11 +106,11 @@ def standardisation(D) -> tuple[np.ndarray, np.ndarray]:
     n, g = D.shape
     mean = np.zeros(g, dtype=np.float64)
     for _, block in D.row_blocks(ROW_BLOCK):
-        mean += block.sum(axis=0, dtype=np.float64)
+        mean += column_sums(block)
     mean /= n
     squares = np.zeros(g, dtype=np.float64)
     for _, block in D.row_blocks(ROW_BLOCK):
-        squares += np.square(block - mean).sum(axis=0)
+        squares += column_squared_deviations(block, mean)
     std = np.sqrt(squares / (n - 1)) if n > 1 else squares
     std[std == 0] = std.mean()
     std[std == 0] = 1.0  # every column constant: Z is all zeros whatever the divisor

@@ -93,14 +93,47 @@ def _sparse_dot(dense_row, indices, data):  # pragma: no cover
 
 
 @njit(nogil=True, cache=True)
+def _ranked(key, tiebreak):  # pragma: no cover
+    """Positions in decreasing ``key``, equal keys in increasing ``tiebreak``."""
+    order = np.argsort(tiebreak, kind="mergesort")
+    return order[np.argsort(-key[order], kind="mergesort")]  # stable: equal keys keep the tiebreak order
+
+
+@njit(nogil=True, cache=True)
 def _best(cols, sims, m, out_cols, out_sims):  # pragma: no cover
     """The ``m`` largest ``sims`` (ties: lower column) into ``out_*``, in decreasing order."""
-    order = np.argsort(cols, kind="mergesort")
-    cols, sims = cols[order], sims[order]
-    order = np.argsort(-sims, kind="mergesort")  # stable: equal similarities keep the lower column first
+    order = _ranked(sims, cols)
     for r in range(m):
         out_cols[r] = cols[order[r]]
         out_sims[r] = sims[order[r]]
+
+
+@njit(nogil=True, cache=True)
+def signed_top(gram, row_scale, col_scale, m, margin, out_cols, out_sims):  # pragma: no cover
+    """The ``m`` largest ``|S|`` of every row of ``S = float32(gram * row_scale[:, None] * col_scale)``, in decreasing rank.
+
+    ``S`` (the correlations from a Gram block and inverse norms) is computed entry by entry,
+    never whole. Candidates: a row's ``m + margin`` largest ``|S|``, ties to the lower column.
+    Ranked by ``|S|``; equal values put positive before negative, then the lower column (the
+    order of the concatenated ``[Z, -Z]`` gene graph).
+    """
+    b, n = gram.shape
+    want = min(n, m + margin)
+    keys = np.empty(want, dtype=np.float32)
+    cols = np.empty(want, dtype=np.int64)
+    tiebreak = np.empty(want, dtype=np.int64)
+    sims = np.empty(want, dtype=np.float32)
+    for r in range(b):
+        size = 0
+        for j in range(n):
+            size = _insert(keys, cols, size, abs(np.float32(gram[r, j] * row_scale[r] * col_scale[j])), j)
+        for c in range(want):
+            sims[c] = np.float32(gram[r, cols[c]] * row_scale[r] * col_scale[cols[c]])
+            tiebreak[c] = cols[c] + n * (sims[c] < 0)
+        order = _ranked(keys, tiebreak)
+        for c in range(m):
+            out_cols[r, c] = cols[order[c]]
+            out_sims[r, c] = sims[order[c]]
 
 
 @njit(nogil=True, cache=True)
