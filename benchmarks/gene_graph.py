@@ -50,7 +50,9 @@ def scratch_copy(input_path: Path, scratch: Path) -> PanelFile:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("input", type=Path, help="raw counts (.h5ad), e.g. from benchmarks/resample.py")
-    parser.add_argument("--scratch", type=Path, default=None, help="panel file of the dense matrix (default: beside the input)")
+    parser.add_argument(
+        "--scratch", type=Path, default=None, help="panel file of the dense matrix (default: beside the input)"
+    )
     parser.add_argument("--n-jobs", type=int, default=2)
     args = parser.parse_args()
     scratch = args.scratch or args.input.with_suffix(".dense.panels")

@@ -51,8 +51,15 @@ def main() -> None:
             "tuned_minus_none_se": float(difference.std(ddof=1) / np.sqrt(args.seeds)),
         }
         line = "  ".join(f"{k} {np.mean(v):.3f} ± {np.std(v):.3f}" for k, v in aris.items())
-        print(f"{name}: {line}; tuned - none {difference.mean():+.3f} (se {results[name]['tuned_minus_none_se']:.3f})", flush=True)
-    record = {"seeds": args.seeds, "command": f"python benchmarks/trust_seeds.py --seeds {args.seeds}", "datasets": results}
+        print(
+            f"{name}: {line}; tuned - none {difference.mean():+.3f} (se {results[name]['tuned_minus_none_se']:.3f})",
+            flush=True,
+        )
+    record = {
+        "seeds": args.seeds,
+        "command": f"python benchmarks/trust_seeds.py --seeds {args.seeds}",
+        "datasets": results,
+    }
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {args.out}")
 
