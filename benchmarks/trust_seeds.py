@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+from trust import DEFAULTS, impute, load
 
 from sccr._evaluation import clustering_scores
-from trust import DEFAULTS, impute, load
 
 HERE = Path(__file__).resolve().parent
 
