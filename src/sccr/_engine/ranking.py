@@ -13,6 +13,9 @@ The symmetric search (:func:`sccr._engine.graph.symmetric_top`) computes every p
 cosine once, in tiles of the upper triangle, and feeds each tile's rows and columns to
 per-row buffers (:func:`absorb`) that keep at least the ``capacity`` best entries seen so far;
 the same candidates are then taken from them (:func:`rank_buffered_dense`, :func:`rank_buffered_sparse`).
+
+:func:`signed_top` ranks the rows of the signed gene graph (by absolute correlation) the same
+way: candidates in a bounded buffer, then a stable order.
 """
 
 from __future__ import annotations
