@@ -174,16 +174,82 @@ def test_auto_finds_counts_in_x():
     assert result["strategy"] == "mcv" and result["counts"] == "X"
 
 
-def test_gamma_outputs_are_reused_exactly():
+def test_beta_and_gamma_reuse_one_run_bit_for_bit():
     counts, _ = planted_counts()
     a = counts_adata(counts)
     scorer = Scorer(a, n_jobs=1)
-    scorer.evaluate("sccr", {"k": 10, "gamma": 0.01})
-    scorer.evaluate("sccr", {"k": 10, "gamma": 1.0})
-    derived = scorer.evaluate("sccr", {"k": 10, "gamma": 0.4})
-    assert scorer.n_imputations == 2
-    direct = Scorer(a, n_jobs=1).evaluate("sccr", {"k": 10, "gamma": 0.4})
-    assert derived["score"] == pytest.approx(direct["score"], rel=1e-5)
+    settings = [{"k": 10, "gamma": 0.01}, {"k": 10, "gamma": 1.0}, {"k": 10, "gamma": 0.4, "beta": 0.5}]
+    outputs = [scorer.imputed("sccr", p) for p in settings]
+    assert scorer.n_imputations == 1 and scorer.n_denoisings == 3  # one run of steps 1-5, step 6 three times
+    for p, out in zip(settings, outputs, strict=True):
+        whole = sccr.SCCR(**p, random_state=0, n_jobs=1, progress=False).fit_transform(scorer.data.input)
+        np.testing.assert_array_equal(out, whole)
+    scorer.imputed("sccr", {"k": 11})
+    assert scorer.n_imputations == 2  # any other option is another run
+
+
+def naive_mcv_losses(data, imputed: np.ndarray) -> tuple[dict, np.ndarray, float]:
+    """The losses of docs/trust.md in dense numpy, entry by entry (the kernel's reference)."""
+    from scipy.special import gammaln
+
+    p = data.p
+    v = imputed.astype(np.float32)
+    predicted = convert_log1p(v, p, 1 - p).astype(np.float64)
+    squares = ((predicted - data.target.toarray()) ** 2).sum(axis=1)
+    depth = data.totals1 / data.median1 * (1 - p) / p
+    mu = np.maximum(invert_log1p(v) * depth[:, None], 1e-4)
+    y = data.counts2.toarray()
+    poisson = mu - y * np.log(mu) + gammaln(y + 1)
+    change = np.sum((v - data.input.toarray()) ** 2, dtype=np.float64)
+    n, g = v.shape
+    groups = np.bincount(np.arange(n) % 100, weights=squares) / (np.bincount(np.arange(n) % 100) * g)
+    return {"mcv_mse": squares.sum() / (n * g), "mcv_poisson": poisson.sum() / (n * g)}, groups, change / (n * g)
+
+
+@pytest.mark.parametrize("split", [0.9, 0.5])
+@pytest.mark.parametrize("method", ["none", "sccr", "negative"])
+def test_mcv_kernel_matches_the_naive_losses(split, method):
+    counts, _ = planted_counts(n_per=150)  # 450 cells: several blocks of the kernel
+    scorer = Scorer(counts_adata(counts), split=split, n_jobs=2)
+    data = scorer.data
+    if method == "negative":  # a callable may return anything, negatives and values beyond the tables included
+        rng = np.random.default_rng(0)
+        imputed = rng.normal(0, 3, size=data.shape).astype(np.float32)
+        imputed[0, :5] = [0, 1e-9, 30.0, 1e8, -0.0]
+    else:
+        imputed = scorer.imputed(method, {"k": 10} if method == "sccr" else {})
+    losses, groups, change = data.details(imputed, n_jobs=2)
+    expected, expected_groups, expected_change = naive_mcv_losses(data, imputed)
+    for key in expected:
+        assert losses[key] == pytest.approx(expected[key], rel=1e-12)
+    np.testing.assert_allclose(groups, expected_groups, rtol=1e-12)
+    assert change == pytest.approx(expected_change, rel=1e-12, abs=1e-300)
+    one_thread = data.details(imputed, n_jobs=1)  # threads change nothing
+    assert one_thread[0] == losses and one_thread[2] == change
+    np.testing.assert_array_equal(one_thread[1], groups)
+
+
+def test_interpolation_table_is_numpy_interp_bit_for_bit():
+    from sccr.tl._kernels import Table
+    from sccr.tl._score import _GRID, _curve
+
+    rng = np.random.default_rng(0)
+    for xp, fp in ((_curve(0.9), _curve(0.1)), (_curve(1.0), _GRID)):
+        table = Table(xp, fp)
+        x = np.concatenate(
+            [
+                xp,  # every node
+                (xp[1:] + xp[:-1]) / 2,  # between nodes
+                np.nextafter(xp, np.inf),
+                np.nextafter(xp, -np.inf),
+                rng.exponential(0.05, 10_000),
+                rng.uniform(0, 20, 10_000),  # past the last node as well
+                [0.0, -1.0, np.inf, 1e300],
+            ]
+        )
+        np.testing.assert_array_equal(table(x), np.interp(x, xp, fp))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        Table(np.array([0.0, 1.0, 1.0]), np.zeros(3))
 
 
 # --- bad input ---------------------------------------------------------------------------------

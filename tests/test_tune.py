@@ -36,8 +36,9 @@ def planted(n_per: int = 40, n_genes: int = 40, *, seed: int = 0) -> ad.AnnData:
 def test_default_grid_is_documented_and_valid():
     grid = check_grid(None)
     assert grid == DEFAULT_GRID
-    assert grid_cost(grid) == 54  # 72 settings; settings that differ in gamma only share two runs
-    assert grid_cost({"method": ["sccr"], "gamma": [0.01, 0.3, 1.0]}) == 2
+    assert grid_cost(grid) == 24  # 72 settings; scCR settings that differ only in beta and gamma share one run
+    assert grid_cost({"method": ["sccr"], "gamma": [0.01, 0.3, 1.0], "beta": [0.5, 0.9]}) == 1
+    assert grid_cost({"method": ["scfp"], "beta": [0.5, 0.9]}) == 2
 
 
 def test_tune_scores_every_setting_of_a_small_grid(tmp_path):
@@ -47,7 +48,13 @@ def test_tune_scores_every_setting_of_a_small_grid(tmp_path):
     assert len(table) == 7 and (table["method"] == "none").sum() == 1  # 6 settings and no imputation
     assert table["score"].is_monotonic_increasing
     info = a.uns["sccr_tune"]
-    assert info["cost"]["search"] == "grid" and info["cost"]["imputations"] == 6 * 3  # 3 splits by default
+    cost = info["cost"]
+    assert cost["search"] == "grid" and 3 <= cost["imputations"] < 3 * 3  # one run per k on the first split,
+    assert (table["splits"] == 3).sum() >= 2  # then the contenders (and no imputation) on the other two
+    whole = sccr.tl.tune(a.copy(), grid=SMALL, n_jobs=1, screen=False, resume=False)
+    cost = whole.attrs["cost"]
+    assert cost["imputations"] == 3 * 3 and cost["denoisings"] == 6 * 3  # every setting on all 3 splits
+    assert (whole["splits"] == 3).all()
     assert info["cost"]["n_splits"] == 3 and info["config"]["n_splits"] == 3
     assert table["chosen"].sum() == 1 and table.loc[0, "tied"] and table.loc[0, "se"] == 0
     best = info["best"]
@@ -70,9 +77,9 @@ def test_no_imputation_can_win():
 
 def test_coordinate_search_stays_within_budget():
     a = planted()
-    table = sccr.tl.tune(a, n_jobs=1, max_imputations=6, n_splits=1)  # the default grid: 54 imputations in full
+    table = sccr.tl.tune(a, n_jobs=1, max_imputations=6, n_splits=1)  # the default grid: 24 whole runs in full
     cost = a.uns["sccr_tune"]["cost"]
-    assert cost["search"] == "coordinate" and cost["imputations"] <= 6 and cost["full_grid_imputations"] == 54
+    assert cost["search"] == "coordinate" and cost["imputations"] <= 6 and cost["full_grid_imputations"] == 24
     assert table.loc[table["stage"] == "start", "default"].all()  # the search starts at the published defaults
     assert (table["default"]).sum() == 1
 
@@ -90,25 +97,25 @@ def test_resume_from_checkpoint(tmp_path):
     path.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # interrupted while writing the fourth
     c = a.copy()
     sccr.tl.tune(c, grid=SMALL, n_jobs=1, n_splits=1, checkpoint=path)
-    assert c.uns["sccr_tune"]["cost"]["imputations"] == 4  # three reused (one of them no imputation)
+    assert c.uns["sccr_tune"]["cost"]["imputations"] == 2  # three reused (one of them no imputation): k=10, k=100 left
     other_seed = a.copy()
     sccr.tl.tune(other_seed, grid=SMALL, n_jobs=1, n_splits=1, checkpoint=path, random_state=1)
-    assert other_seed.uns["sccr_tune"]["cost"]["imputations"] == 6  # another split: nothing reused
+    assert other_seed.uns["sccr_tune"]["cost"]["imputations"] == 3  # another split: nothing reused (one run per k)
 
 
 def test_resume_from_uns():
     a = planted()
     sccr.tl.tune(a, grid=SMALL, n_jobs=1, n_splits=1)
     table = sccr.tl.tune(a, grid={**SMALL, "k": [5, 10, 100, 20]}, n_jobs=1, n_splits=1)
-    assert a.uns["sccr_tune"]["cost"]["imputations"] == 2 and table["reused"].sum() == 7
+    assert a.uns["sccr_tune"]["cost"]["imputations"] == 1 and table["reused"].sum() == 7  # k=20: one run, two betas
 
 
 def test_progress_and_cost_are_reported(capsys):
     a = planted()
     notes = []
     sccr.tl.tune(a, grid=SMALL, n_jobs=1, n_splits=1, echo=notes.append)
-    assert "6 settings in the grid" in notes[0] and "6 imputations" in notes[0]
-    assert notes[-1].startswith("6 imputations in")
+    assert "6 settings in the grid" in notes[0] and "3 whole runs" in notes[0]
+    assert notes[-1].startswith("3 whole runs and 6 last-step propagations in") and "times one imputation" in notes[-1]
     sccr.tl.tune(planted(), grid=SMALL, n_jobs=1, n_splits=1, progress=True)
     err = capsys.readouterr().err
     assert "tune" in err and "7/7" in err and "sccr tune: 6 settings in the grid" in err
@@ -170,6 +177,9 @@ def test_commands(tmp_path, capsys):
     )
     best = json.loads((tmp_path / "t" / "best.json").read_text())
     assert best["method"] == "sccr" and (tmp_path / "t" / "tune.csv").exists()
+    assert set(pd.read_csv(tmp_path / "t" / "tune.csv")["splits"]) == {1, 3}  # screened after the first split
+    assert main(["tune", str(path), "--out", str(tmp_path / "w"), "--grid", json.dumps(SMALL), "--no-screen", "--quiet"]) == 0
+    assert (pd.read_csv(tmp_path / "w" / "tune.csv")["splits"] == 3).all()
     assert main(["tune", str(path), "--out", str(tmp_path / "t"), "--grid", '{"kk": [1]}']) == 2
     assert "sccr: error: grid keys 'kk' are not options" in capsys.readouterr().err
     assert main(["tune", str(tmp_path / "missing.h5ad"), "--out", str(tmp_path / "t")]) == 2
@@ -203,7 +213,13 @@ def _fake_runner(rows):
         name: {"method": method, "params": {}, "score": score, "change": change, "cell_groups": groups}
         for name, method, score, change, groups in rows
     }
-    return SimpleNamespace(records=records, order=[r[0] for r in rows])
+    return SimpleNamespace(records=records, order=[r[0] for r in rows], n_splits=2)
+
+
+def _select_all(runner, select):
+    from sccr.tl._tune import _select
+
+    return _select(runner, select, list(runner.order))  # every setting scored on every split
 
 
 def test_one_se_rule_prefers_the_mildest_tied_setting():
@@ -217,15 +233,15 @@ def test_one_se_rule_prefers_the_mildest_tied_setting():
         ("mild", "sccr", base.mean() + 0.001, 0.2, (base + 0.001 + rng.normal(0, 0.05, (2, 50))).tolist()),
         ("other", "sccr", base.mean() + 0.3, 0.1, (base + 0.3).tolist()),  # milder still, but not tied
     ]
-    chosen, lowest, se, tied = _select(_fake_runner(rows), "one_se")
+    chosen, lowest, se, tied = _select_all(_fake_runner(rows), "one_se")
     assert lowest == "strong" and se["strong"] == 0
     assert tied == {"none": False, "strong": True, "mild": True, "other": False}
     assert chosen == "mild"  # tied with the lowest and changes the data less
-    assert _select(_fake_runner(rows), "min")[0] == "strong"
+    assert _select_all(_fake_runner(rows), "min")[0] == "strong"
     rows[0] = ("none", "none", base.mean() + 0.0005, 0.0, (base + 0.0005 + rng.normal(0, 0.05, (2, 50))).tolist())
-    assert _select(_fake_runner(rows), "one_se")[0] == "none"  # imputing is not measurably better: do not impute
+    assert _select_all(_fake_runner(rows), "one_se")[0] == "none"  # imputing is not measurably better: do not impute
     no_groups = [(n, m, s, c, None) for n, m, s, c, _ in rows]
-    chosen, lowest, se, tied = _select(_fake_runner(no_groups), "one_se")
+    chosen, lowest, se, tied = _select_all(_fake_runner(no_groups), "one_se")
     assert chosen == lowest == "strong" and np.isnan(se["mild"])  # without standard errors: the lowest
 
 
@@ -260,3 +276,46 @@ def test_tune_with_masks_selects_the_lowest():
     info = masked.uns["sccr_tune"]
     assert info["config"]["strategy"] == "mask" and info["select"] == "min"
     assert info["best"] == info["lowest"] and table.loc[0, "chosen"] and "cell_groups" not in info
+
+
+def test_screening_scores_on_every_split_only_what_can_be_chosen():
+    from sccr.tl._score import paired_se
+    from sccr.tl._tune import SCREEN_SE
+
+    a = planted()
+    table = sccr.tl.tune(a, grid=SMALL, n_jobs=1)  # 3 splits, screened after the first
+    info = a.uns["sccr_tune"]
+    first, groups = info["score_splits"][:, 0], info["cell_groups"]
+    assert set(table["splits"]) == {1, 3} and table.loc[table["method"] == "none", "splits"].item() == 3
+    assert np.isnan(info["score_splits"][table["splits"] == 1, 1:]).all()
+    anchor = int(np.argmin(first))  # the first split's lowest, scored on all three
+    assert table.loc[anchor, "splits"] == 3
+    for row in np.flatnonzero(table["splits"] == 1):
+        se = paired_se(groups[row, :1], groups[anchor, :1])
+        assert first[row] - first[anchor] > SCREEN_SE * se  # screened out: far from the lowest
+        assert table.loc[row, "score"] == pytest.approx(info["score_splits"][anchor].mean() + first[row] - first[anchor])
+        assert not table.loc[row, "tied"] and not table.loc[row, "chosen"]
+    whole = sccr.tl.tune(a.copy(), grid=SMALL, n_jobs=1, screen=False, resume=False)
+    assert whole.attrs["best"] == info["best"]  # the same choice, at a fraction of the runs
+    assert info["cost"]["imputations"] < whole.attrs["cost"]["imputations"]
+    contenders = table[table["splits"] == 3].set_index("setting")["score"]
+    pd.testing.assert_series_equal(contenders, whole.set_index("setting")["score"][contenders.index])
+
+
+def test_screened_settings_are_completed_on_resume_without_rescoring_the_first_split(tmp_path):
+    a = planted()
+    path = tmp_path / "tune.jsonl"
+    sccr.tl.tune(a.copy(), grid=SMALL, n_jobs=1, checkpoint=path)  # some settings on the first split only
+    again = sccr.tl.tune(a.copy(), grid=SMALL, n_jobs=1, checkpoint=path, screen=False)  # now all on all three
+    assert (again["splits"] == 3).all()
+    screened = sum(1 for line in path.read_text().splitlines() if json.loads(line).get("splits") == [0])
+    assert screened >= 1
+    cost = again.attrs["cost"]
+    assert cost["imputations"] >= 2 and cost["reused"] == len(again)  # only the missing splits were run
+    whole = sccr.tl.tune(a.copy(), grid=SMALL, n_jobs=1, screen=False, resume=False)
+    pd.testing.assert_series_equal(again["score"], whole["score"])
+
+
+def test_screen_must_be_a_bool():
+    with pytest.raises(sccr.InputError, match="screen must be True or False"):
+        sccr.tl.tune(planted(), grid=SMALL, screen="yes")

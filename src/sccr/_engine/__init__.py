@@ -31,7 +31,7 @@ from .genes import MANY_GRAPH_GENES, GeneSelection, top_variance_genes
 from .graph import BATCH_MODES, knn_graph, resolve_knn
 from .matrix import PANEL_WIDTH, READ_BLOCK_BYTES, ROW_BLOCK, DenseMatrix, Matrix, StoredInput, dense
 from .memory import SKIP_ENV
-from .pipeline import STAGES, Batches, Decisions, Result
+from .pipeline import STAGES, Batches, Decisions, Result, denoise
 
 __all__ = [
     "BATCH_MODES",
@@ -64,6 +64,7 @@ __all__ = [
     "claim",
     "connect",
     "dense",
+    "denoise",
     "knn_graph",
     "lock_path",
     "no_space_named",

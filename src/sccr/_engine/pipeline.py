@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._options import Options
+from .execution import Execution, executing
 from .genes import GeneSelection, graph_columns, ride_along, sccr_stages, scfp_stages
 from .graph import (
     batched_neighbours,
@@ -335,6 +336,17 @@ def _sccr_soft_fp(r: _Run) -> Result:
         r.t, "soft_fp", r["A3"], r.X, r.p, r.out, hard=False, desc="denoising", chunk=r.chunk, blend=(r.p.gamma, r["B"])
     )
     return Result(r.out, r["A3"], r["distances"], r["S"], r["R"], r.t.timings, r.t.work)
+
+
+def denoise(graph: sp.csr_matrix, X, blend, *, n_iter: int, beta: float, gamma: float, n_jobs: int = 1) -> np.ndarray:
+    """scCR's step 6 alone: ``(1 - gamma) soft(graph, X, n_iter, beta) + gamma blend``.
+
+    With the final cell graph ``A3`` and the blend ``B`` of a run (the output of a run with
+    ``gamma=1`` is ``B``), this is that run's output for any other ``beta`` and ``gamma``, bit
+    for bit: the same kernel and arithmetic as :func:`_sccr_soft_fp`. :func:`sccr.tl.tune` uses it.
+    """
+    with executing(Execution(n_jobs)):
+        return propagate(graph, X, n_iter, hard=False, beta=beta, desc="denoising", blend=(gamma, as_matrix(blend)))
 
 
 # scFP: hard FP on the k-NN graph of X, then soft FP on a graph rebuilt from it.

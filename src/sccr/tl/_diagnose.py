@@ -37,6 +37,7 @@ def diagnose(
     echo: Callable[[str], None] | None = None,
     n_splits: int | None = None,
     select: str = "one_se",
+    screen: bool = True,
 ) -> dict[str, Any]:
     """Tune, check stability and the permutation null, and write a short report.
 
@@ -52,7 +53,7 @@ def diagnose(
     out
         Folder for ``report.md``, ``tune.csv``, ``tune.jsonl`` (checkpoint: a rerun resumes),
         ``diagnose.json`` and ``figures/`` (``None``: nothing written).
-    grid, strategy, layer, counts_layer, random_state, n_jobs, max_imputations, n_splits, select
+    grid, strategy, layer, counts_layer, random_state, n_jobs, max_imputations, n_splits, select, screen
         As in :func:`sccr.tl.tune`.
     n_runs
         Perturbed reruns of :func:`sccr.tl.stability`.
@@ -94,6 +95,7 @@ def diagnose(
         echo=echo,
         n_splits=n_splits,
         select=select,
+        screen=screen,
     )
     info = adata.uns["sccr_tune"]
     best = dict(info["best"])
@@ -248,8 +250,8 @@ def report_text(result: Mapping[str, Any], *, figures: Mapping[str, str]) -> str
     lines += [
         "",
         (
-            f"{len(result['tune']['rows'])} settings scored ({cost['search']} search, {cost['imputations']} imputations, "
-            f"{cost['seconds']:.0f} s); best five:"
+            f"{len(result['tune']['rows'])} settings scored ({cost['search']} search, {cost['imputations']} whole runs "
+            f"and {cost.get('denoisings', 0)} last-step propagations, {cost['seconds']:.0f} s); best five:"
         ),
         "",
     ]
@@ -361,9 +363,19 @@ def _add_common(p) -> None:
         help='grid as JSON, e.g. \'{"k": [5, 15], "beta": [0.9, 0.99]}\' (default: the documented grid)',
     )
     p.add_argument(
-        "--max-imputations", type=int, default=16, help="budget of the coordinate search, per split (default: 16)"
+        "--max-imputations",
+        type=int,
+        default=16,
+        help="budget of the coordinate search in whole runs, on the first split (default: 16)",
     )
     p.add_argument("--n-splits", type=int, default=None, help="independent MCV splits per setting (default: 3)")
+    p.add_argument(
+        "--no-screen",
+        dest="screen",
+        action="store_false",
+        help="score every setting on every split (default: only those within 3 standard errors of the lowest on "
+        "the first split go on to the others)",
+    )
     p.add_argument(
         "--select",
         default="one_se",
@@ -473,6 +485,7 @@ def tune_command(args) -> None:
         max_imputations=args.max_imputations,
         n_splits=args.n_splits,
         select=args.select,
+        screen=args.screen,
         checkpoint=folder / "tune.jsonl",
         progress=False if args.quiet else None,
         echo=echo,
@@ -502,6 +515,7 @@ def diagnose_command(args) -> None:
         max_imputations=args.max_imputations,
         n_splits=args.n_splits,
         select=args.select,
+        screen=args.screen,
         figures=not args.no_figures,
         progress=False if args.quiet else None,
         echo=echo,

@@ -45,7 +45,7 @@ DEFAULT_SPLIT = 0.9
 N_GROUPS = 100
 #: Smallest predicted count in the Poisson loss (a prediction of exactly 0 for an observed count has infinite loss).
 POISSON_FLOOR = 1e-4
-#: Bytes of scCR outputs a :class:`Scorer` keeps to derive other values of ``gamma`` without a run.
+#: Bytes of scCR blends (step 4) a :class:`Scorer` keeps so that other ``beta`` and ``gamma`` need no whole run.
 CACHE_BYTES = 512 * 2**20
 
 
@@ -281,50 +281,100 @@ def _squared_change(block: np.ndarray, rows) -> float:
 class _MCVData:
     """Both halves of one binomial split, normalised the way the data was."""
 
-    #: Cells per block when losses are summed (the dense blocks of half 2 stay small).
-    BLOCK = 2048
+    #: Cells per block of the loss kernel (blocks run on ``n_jobs`` threads).
+    BLOCK = 256
 
     def __init__(self, counts, p: float, random_state: int | None) -> None:
         import scipy.sparse as sp
+        from scipy.special import gammaln
 
         self.p = float(p)
         X1, X2 = binomial_split(counts, p, random_state=random_state)
         self.input, self.totals1, self.median1 = normalise_counts(X1)
+        self.input.sort_indices()
         self.target = normalise_counts(X2)[0]
+        self.target.sort_indices()
         self.counts2 = sp.csr_matrix(X2, dtype=np.float64)
+        self.counts2.sort_indices()
+        if not (
+            np.array_equal(self.target.indptr, self.counts2.indptr)
+            and np.array_equal(self.target.indices, self.counts2.indices)
+        ):
+            raise AssertionError("the normalised half 2 lost or gained entries")  # normalise_counts keeps them
+        self.log_factorials = float(np.sum(gammaln(self.counts2.data + 1.0)))  # the part of the loss no setting changes
         self.shape = self.target.shape
 
-    def losses(self, imputed: np.ndarray) -> dict[str, float]:
+    def losses(self, imputed: np.ndarray, n_jobs: int = 1) -> dict[str, float]:
         """``mcv_mse`` (log-normalised space) and ``mcv_poisson`` (count scale) of an imputation of half 1."""
-        return self.details(imputed)[0]
+        return self.details(imputed, n_jobs)[0]
 
-    def details(self, imputed: np.ndarray) -> tuple[dict[str, float], np.ndarray, float]:
+    def details(self, imputed: np.ndarray, n_jobs: int = 1) -> tuple[dict[str, float], np.ndarray, float]:
         """:meth:`losses`, the ``mcv_mse`` of each group of cells (:data:`N_GROUPS`), and ``change``.
 
-        ``change`` is the mean squared difference between the imputation and its input (half 1):
-        how far the setting moves the data from no imputation (0 for ``"none"``).
+        For the imputation ``v`` of half 1, entry by entry: ``mcv_mse`` averages
+        ``(convert_log1p(v, p, 1 - p) - Y2)^2``; ``mcv_poisson`` averages ``mu - X2 log mu + log X2!``
+        with ``mu = max(invert_log1p(v) * t1 / m1 * (1 - p) / p, POISSON_FLOOR)``; ``change`` is the
+        mean of ``(v - Y1)^2``: how far the setting moves the data from no imputation (0 for ``"none"``).
+        One pass of a compiled kernel (:mod:`sccr.tl._kernels`) per block of cells.
         """
-        from scipy.special import gammaln
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ._kernels import _mcv_rows
 
         p, (n, g) = self.p, self.shape
+        if imputed.shape != (n, g):
+            raise ValueError(f"the imputation has shape {imputed.shape}, the split {(n, g)}")
         depth = self.totals1 / self.median1 * ((1.0 - p) / p)  # half-1 normalised means -> half-2 counts
-        squares = poisson = change = 0.0
-        n_groups = min(N_GROUPS, n)
-        group_squares = np.zeros(n_groups)
-        for start in range(0, n, self.BLOCK):
+        convert, invert = _tables(p)
+        squares, poisson, change = np.empty(n), np.empty(n), np.empty(n)
+        X1, Y2, C2 = self.input, self.target, self.counts2
+
+        def block(start: int) -> None:
             stop = min(start + self.BLOCK, n)
-            block = np.asarray(imputed[start:stop], dtype=np.float32)
-            predicted = convert_log1p(block, p, 1.0 - p).astype(np.float64)
-            rows = np.sum((predicted - self.target[start:stop].toarray()) ** 2, axis=1)
-            squares += float(rows.sum())
-            group_squares += np.bincount(np.arange(start, stop) % n_groups, weights=rows, minlength=n_groups)
-            change += _squared_change(block, self.input[start:stop])
-            mean = np.maximum(invert_log1p(block) * depth[start:stop, None], POISSON_FLOOR)
-            y = self.counts2[start:stop].toarray()
-            poisson += float(np.sum(mean - y * np.log(mean) + gammaln(y + 1)))
-        group_cells = np.bincount(np.arange(n) % n_groups, minlength=n_groups)
-        losses = {"mcv_mse": squares / (n * g), "mcv_poisson": poisson / (n * g)}
-        return losses, group_squares / (group_cells * g), change / (n * g)
+            rows = np.ascontiguousarray(imputed[start:stop], dtype=np.float32)
+            _mcv_rows(
+                rows,
+                X1.indptr[start : stop + 1],
+                X1.indices,
+                X1.data,
+                Y2.indptr[start : stop + 1],
+                Y2.indices,
+                Y2.data,
+                C2.data,
+                depth[start:stop],
+                POISSON_FLOOR,
+                p == 1.0 - p,  # convert_log1p is the identity
+                *convert.arrays(),
+                *invert.arrays(),
+                squares[start:stop],
+                poisson[start:stop],
+                change[start:stop],
+            )
+
+        starts = range(0, n, self.BLOCK)
+        if n_jobs <= 1 or len(starts) == 1:
+            for start in starts:
+                block(start)
+        else:
+            with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+                list(pool.map(block, starts))
+        n_groups = min(N_GROUPS, n)
+        cells = np.arange(n) % n_groups
+        group_squares = np.bincount(cells, weights=squares, minlength=n_groups)
+        group_cells = np.bincount(cells, minlength=n_groups)
+        losses = {
+            "mcv_mse": float(squares.sum()) / (n * g),
+            "mcv_poisson": (float(poisson.sum()) + self.log_factorials) / (n * g),
+        }
+        return losses, group_squares / (group_cells * g), float(change.sum()) / (n * g)
+
+
+@functools.lru_cache(maxsize=8)
+def _tables(p: float):
+    """The kernel's tables of :func:`convert_log1p` (depth ``p`` to ``1 - p``) and :func:`invert_log1p`."""
+    from ._kernels import Table
+
+    return Table(_curve(p), _curve(1.0 - p)), Table(_curve(1.0), _GRID)
 
 
 class _MaskData:
@@ -347,7 +397,7 @@ class _MaskData:
         self.low = (rm, cm, np.asarray(X[rm, cm]).ravel())
         self.shape = X.shape
 
-    def details(self, imputed: np.ndarray) -> tuple[dict[str, float], None, float]:
+    def details(self, imputed: np.ndarray, n_jobs: int = 1) -> tuple[dict[str, float], None, float]:
         """:meth:`losses`, no group losses (the 1-SE rule of :func:`sccr.tl.tune` needs MCV), and ``change``."""
         n, g = self.shape
         change = sum(
@@ -388,10 +438,10 @@ class Scorer:
 
     ``n_splits`` independent splits (the first with seed ``random_state``, the others derived from it) are
     prepared once; each setting is imputed on every split and its losses averaged.
-    Outputs of scCR differ linearly in ``gamma`` (ALGORITHM.md step 6: the output is
-    ``(1 - gamma) F + gamma B``), so two runs that differ only in ``gamma`` give every
-    other ``gamma`` without a third run; outputs are kept for that, up to
-    :data:`CACHE_BYTES` (least recently used dropped first).
+    ``beta`` and ``gamma`` enter scCR only at its last step (ALGORITHM.md step 6:
+    ``(1 - gamma) soft(A3, X, T, beta) + gamma B``), so settings that differ only in them share
+    one run of steps 1-5: its graph ``A3`` and blend ``B`` are kept, up to :data:`CACHE_BYTES`
+    of blends (least recently used dropped first), and each such setting costs one propagation.
     """
 
     def __init__(
@@ -407,11 +457,12 @@ class Scorer:
         mask_rate: float = 0.1,
         n_splits: int = 1,
     ) -> None:
-        from .._options import _check_fraction, _check_int, _check_seed
+        from .._options import _check_fraction, _check_int, _check_seed, resolve_n_jobs
 
         self.random_state = _check_seed(random_state)
         self.n_splits = _check_int("n_splits", n_splits, 1)
         self.n_jobs = n_jobs
+        self.threads = resolve_n_jobs(n_jobs)  # of the loss kernel
         seeds = [self.random_state] + [  # split 0 is the single split of n_splits=1; the others do not overlap seeds
             None
             if self.random_state is None
@@ -443,8 +494,10 @@ class Scorer:
         self.primary = "mcv_mse" if self.strategy == "mcv" else "mask_rmse"
         self.n_imputations = 0
         self.seconds = 0.0
-        #: outputs of scCR runs by split and their options other than gamma, least recently used first
-        self._cache: OrderedDict[str, dict[float, np.ndarray]] = OrderedDict()
+        self.run_seconds: list[float] = []  # of each whole run
+        self.n_denoisings = 0  # step 6 of scCR alone, on a kept graph and blend
+        #: scCR's final graph and blend by split and options other than beta and gamma, least recently used first
+        self._cache: OrderedDict[str, tuple[Any, np.ndarray]] = OrderedDict()
         self.cache_bytes = CACHE_BYTES
 
     def _impute(self, method, params: dict[str, Any], index: int) -> np.ndarray:
@@ -453,58 +506,121 @@ class Scorer:
             self.splits[index].input, method, params, random_state=self.random_state, n_jobs=self.n_jobs
         )
         if method != "none":
-            self.n_imputations += 1
-            self.seconds += time.perf_counter() - start
+            self._count_run(time.perf_counter() - start)
+        return out
+
+    def _count_run(self, seconds: float) -> None:
+        self.n_imputations += 1
+        self.seconds += seconds
+        self.run_seconds.append(seconds)
+
+    def _blend_and_graph(self, params: dict[str, Any], index: int) -> tuple[Any, np.ndarray]:
+        """scCR's final cell graph ``A3`` and blend ``B`` (steps 4-5) for ``params``: one run with ``gamma=1``."""
+        from .._errors import InputWarning
+        from .._estimator import SCCR
+
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", InputWarning)  # genes or cells left empty by a split
+            model = SCCR(
+                method="sccr", **params, gamma=1.0, random_state=self.random_state, n_jobs=self.n_jobs, progress=False
+            ).fit(self.splits[index].input)
+        self._count_run(time.perf_counter() - start)
+        return model.cell_graph_, model.imputed_  # with gamma=1 the output is B, bit for bit
+
+    def _denoised(self, graph, blend: np.ndarray, n_iter: int, beta: float, gamma: float, index: int) -> np.ndarray:
+        """scCR's step 6 on a kept graph and blend (:func:`sccr._engine.denoise`)."""
+        from .._engine import denoise
+
+        start = time.perf_counter()
+        out = denoise(
+            graph, self.splits[index].input, blend, n_iter=n_iter, beta=beta, gamma=gamma, n_jobs=self.threads
+        )
+        self.n_denoisings += 1
+        self.seconds += time.perf_counter() - start
         return out
 
     def imputed(self, method, params: Mapping[str, Any], index: int = 0) -> np.ndarray:
-        """The imputation of the prepared input of split ``index``, reusing runs that differ only in ``gamma`` (scCR)."""
-        params = dict(params)
-        if method != "sccr" or callable(method):
-            return self._impute(method, params, index)
-        gamma = float(params.get("gamma", DEFAULTS["gamma"]))
-        key = json.dumps([index, sorted((k, v) for k, v in params.items() if k != "gamma")])
-        outputs = self._cache.pop(key, {})
-        self._cache[key] = outputs  # most recently used last
-        if gamma in outputs:
-            return outputs[gamma]
-        if len(outputs) >= 2:
-            (g1, o1), (g2, o2) = list(outputs.items())[:2]
-            return o1 + np.float32((gamma - g1) / (g2 - g1)) * (o2 - o1)
-        out = self._impute(method, params, index)
-        outputs[gamma] = out
-        while (
-            sum(o.nbytes for group in self._cache.values() for o in group.values()) > self.cache_bytes
-            and len(self._cache) > 1
-        ):
-            self._cache.pop(next(iter(self._cache)))
-        return out
+        """The imputation of the prepared input of split ``index``.
 
-    def evaluate(self, method, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Scores of one setting, averaged over the splits.
+        scCR settings that differ only in ``beta`` and ``gamma`` share everything before the last
+        propagation (ALGORITHM.md steps 1-5): that run is made once, with ``gamma=1`` (whose output
+        is the blend ``B``), and each setting repeats only step 6 on its graph, with the same kernel
+        and the same arithmetic as a whole run (the same bits; tested).
+        """
+        params = dict(params)
+        if callable(method) or method != "sccr":
+            return self._impute(method, params, index)
+        beta = float(params.pop("beta", DEFAULTS["beta"]))
+        gamma = float(params.pop("gamma", DEFAULTS["gamma"]))
+        key = json.dumps([index, sorted(params.items())])
+        kept = self._cache.pop(key, None)
+        if kept is None:
+            kept = self._blend_and_graph(params, index)
+        self._cache[key] = kept  # most recently used last
+        while len(self._cache) > 1 and sum(b.nbytes for _, b in self._cache.values()) > self.cache_bytes:
+            self._cache.pop(next(iter(self._cache)))
+        return self._denoised(*kept, int(params.get("n_iter", DEFAULTS["n_iter"])), beta, gamma, index)
+
+    def evaluate(self, method, params: Mapping[str, Any] | None = None, splits=None) -> dict[str, Any]:
+        """Scores of one setting, averaged over the splits (``splits``: the indices to score, default all).
 
         ``score`` (the primary loss, lower is better), every loss of the strategy,
         ``change`` (mean squared difference between imputation and input: 0 for no
-        imputation), ``score_splits`` (the primary loss of each split) and
-        ``cell_groups`` (MCV: the ``mcv_mse`` of each group of cells, one list per split;
-        ``None`` for masks), from which :func:`paired_se` computes standard errors.
+        imputation), ``splits`` (the indices scored), ``score_splits``, ``loss_splits`` and
+        ``change_splits`` (per split, in that order) and ``cell_groups`` (MCV: the ``mcv_mse``
+        of each group of cells, one list per split; ``None`` for masks), from which
+        :func:`paired_se` computes standard errors. :meth:`combine` joins two evaluations.
         """
         method = check_method(method)
         params = check_params(method, params)
+        indices = list(range(len(self.splits)) if splits is None else splits)
         per_split, groups, changes = [], [], []
-        for index, data in enumerate(self.splits):
-            losses, group_losses, change = data.details(self.imputed(method, params, index))
+        for index in indices:
+            losses, group_losses, change = self.splits[index].details(
+                self.imputed(method, params, index), self.threads
+            )
             per_split.append(losses)
             groups.append(group_losses)
             changes.append(change)
-        losses = {key: float(np.mean([s[key] for s in per_split])) for key in per_split[0]}
+        return self._summary(
+            indices,
+            {key: [s[key] for s in per_split] for key in per_split[0]},
+            changes,
+            None if groups[0] is None else [g.tolist() for g in groups],
+        )
+
+    def _summary(self, indices: list[int], loss_splits: dict[str, list], changes: list, groups) -> dict[str, Any]:
+        losses = {key: float(np.mean(values)) for key, values in loss_splits.items()}
         return {
             "score": losses[self.primary],
             **losses,
             "change": float(np.mean(changes)),
-            "score_splits": [s[self.primary] for s in per_split],
-            "cell_groups": None if groups[0] is None else [g.tolist() for g in groups],
+            "splits": list(indices),
+            "score_splits": list(loss_splits[self.primary]),
+            "loss_splits": loss_splits,
+            "change_splits": list(changes),
+            "cell_groups": groups,
         }
+
+    def combine(self, a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+        """One evaluation from two of the same setting on different splits (in split order)."""
+        indices = list(a["splits"]) + list(b["splits"])
+        if len(set(indices)) != len(indices):
+            raise ValueError("the evaluations share a split")
+        order = np.argsort(indices, kind="stable")
+
+        def joined(x, y):
+            values = list(x) + list(y)
+            return [values[i] for i in order]
+
+        groups = None if a["cell_groups"] is None else joined(a["cell_groups"], b["cell_groups"])
+        return self._summary(
+            sorted(indices),
+            {key: joined(a["loss_splits"][key], b["loss_splits"][key]) for key in a["loss_splits"]},
+            joined(a["change_splits"], b["change_splits"]),
+            groups,
+        )
 
 
 def paired_se(groups_a, groups_b) -> float:
@@ -609,7 +725,8 @@ def score(
         n_splits=n_splits,
     )
     result = scorer.evaluate(method, params)
-    result.pop("cell_groups")
+    for key in ("cell_groups", "splits", "loss_splits", "change_splits"):
+        result.pop(key)
     result.update(
         method=method if isinstance(method, str) else getattr(method, "__name__", "callable"),
         params=params,

@@ -14,7 +14,7 @@ import numpy as np
 
 #: The default grid (``tune(grid=None)``): the published defaults and, around them, less and more
 #: smoothing (``beta``, ``n_iter``, ``gamma``), smaller and larger neighbourhoods (``k``), and scFP.
-#: Its full product is 72 imputations, so it is searched coordinate by coordinate (about 8-16).
+#: Its full product is 72 settings and 24 whole runs, so it is searched coordinate by coordinate.
 DEFAULT_GRID: dict[str, list] = {
     "method": ["sccr", "scfp"],
     "beta": [0.5, 0.9, 0.99],
@@ -30,6 +30,10 @@ FULL_GRID_MAX = 10
 SELECT = ("one_se", "min")
 #: Independent MCV splits each setting is scored on (``tune(n_splits=None)``).
 DEFAULT_N_SPLITS = 3
+#: ``tune(screen=True)``: a setting first scored on one split is scored on the others only when its
+#: score there is within this many standard errors of that split's lowest (otherwise it cannot be
+#: chosen: the one-standard-error rule ties settings within one standard error of the lowest mean).
+SCREEN_SE = 3.0
 
 
 def check_grid(grid: Mapping[str, Sequence] | None) -> dict[str, list]:
@@ -113,13 +117,15 @@ def _settings(grid: dict[str, list]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def grid_cost(grid: dict[str, list]) -> int:
-    """Imputations needed to score the whole grid (settings that differ only in ``gamma`` share two runs)."""
-    groups: dict[str, int] = {}
-    for method, params in _settings(grid):
-        rest = {k: v for k, v in params.items() if k != "gamma"} if method == "sccr" else params
-        key = _setting_key(method, rest)
-        groups[key] = groups.get(key, 0) + 1
-    return sum(min(n, 2) for n in groups.values())
+    """Whole runs needed to score the whole grid (scCR settings that differ only in ``beta`` and ``gamma`` share one)."""
+    return len(
+        {
+            _setting_key(method, {k: v for k, v in params.items() if k not in ("beta", "gamma")})
+            if method == "sccr"
+            else _setting_key(method, params)
+            for method, params in _settings(grid)
+        }
+    )
 
 
 def _safe(value):
@@ -133,54 +139,102 @@ def _safe(value):
     return value
 
 
-class _Runner:
-    """Scores settings once each, from a checkpoint file or earlier results when they match."""
+def _splits_of(record: Mapping[str, Any], n_splits: int) -> list[int]:
+    """The splits a record was scored on (records of earlier versions: all of them)."""
+    return list(record.get("splits", range(n_splits)))
 
-    def __init__(self, scorer, config: dict, checkpoint, previous: list[dict], bar, budget: int) -> None:
+
+def _first_score(record: Mapping[str, Any]) -> float:
+    """A record's score on the first split (records of earlier versions without one: their mean)."""
+    return record.get("score_splits", [record["score"]])[0]
+
+
+class _Runner:
+    """Scores settings once each, from a checkpoint file or earlier results when they match.
+
+    ``search_splits``: the splits a setting is first scored on (``None``: all; ``[0]`` when
+    screening); :meth:`complete` scores the others.
+    """
+
+    def __init__(self, scorer, config: dict, checkpoint, previous: list[dict], bar, budget: int, search_splits) -> None:
         self.scorer = scorer
         self.config = config
         self.checkpoint = checkpoint
         self.bar = bar
         self.budget = budget
+        self.n_splits = scorer.n_splits
+        self.search_splits = search_splits
         self.records: dict[str, dict] = {}  # scored (or reused) in this call
         self.order: list[str] = []
         self.reused = 0
-        self.available: dict[str, dict] = {}  # from the checkpoint and earlier calls
+        self.available: dict[str, dict] = {}  # from the checkpoint and earlier calls: the most splits
         for record in previous:
             if record.get("config") == config:
-                self.available.setdefault(_setting_key(record["method"], record["params"]), record)
+                key = _setting_key(record["method"], record["params"])
+                known = self.available.get(key)
+                if known is None or len(_splits_of(record, self.n_splits)) > len(_splits_of(known, self.n_splits)):
+                    self.available[key] = record
 
     def exhausted(self) -> bool:
         return self.scorer.n_imputations >= self.budget
+
+    def search_score(self, record: Mapping[str, Any]) -> float:
+        """What the search compares: the first split's score when screening, else the mean."""
+        return _first_score(record) if self.search_splits is not None else record["score"]
+
+    def _score(self, method: str, params: dict[str, Any], stage: str, splits) -> dict:
+        before, start = self.scorer.n_imputations, time.perf_counter()
+        scores = self.scorer.evaluate(method, params, splits)
+        return {
+            "method": method,
+            "params": params,
+            **scores,
+            "stage": stage,
+            "reused": False,
+            "imputations": self.scorer.n_imputations - before,
+            "seconds": time.perf_counter() - start,
+            "config": self.config,
+        }
+
+    def _keep(self, key: str, record: dict) -> None:
+        self.records[key] = record
+        if self.checkpoint is not None and not record["reused"]:
+            with open(self.checkpoint, "a") as f:
+                f.write(json.dumps({k: v for k, v in record.items() if k != "reused"}) + "\n")
 
     def __call__(self, method: str, params: dict[str, Any], stage: str) -> dict:
         key = _setting_key(method, params)
         if key in self.records:
             return self.records[key]
         if key in self.available:
-            record = dict(self.available[key], stage=stage, reused=True)
+            self.records[key] = dict(self.available[key], stage=stage, reused=True)
             self.reused += 1
+            if self.search_splits is None:
+                self.complete(key)
         else:
-            before, start = self.scorer.n_imputations, time.perf_counter()
-            scores = self.scorer.evaluate(method, params)
-            record = {
-                "method": method,
-                "params": params,
-                **scores,
-                "stage": stage,
-                "reused": False,
-                "imputations": self.scorer.n_imputations - before,
-                "seconds": time.perf_counter() - start,
-                "config": self.config,
-            }
-            if self.checkpoint is not None:
-                with open(self.checkpoint, "a") as f:
-                    f.write(json.dumps({k: v for k, v in record.items() if k != "reused"}) + "\n")
-        self.records[key] = record
+            self._keep(key, self._score(method, params, stage, self.search_splits))
         self.order.append(key)
         self.bar.update()
-        self.bar.set_postfix_str(f"best {min(r['score'] for r in self.records.values()):.5g}")
-        return record
+        self.bar.set_postfix_str(f"best {min(self.search_score(r) for r in self.records.values()):.5g}")
+        return self.records[key]
+
+    def complete(self, key: str) -> None:
+        """Score a setting on the splits it has not been scored on."""
+        record = self.records[key]
+        missing = [i for i in range(self.n_splits) if i not in _splits_of(record, self.n_splits)]
+        if not missing:
+            return
+        if "loss_splits" not in record:  # restored from a table: no losses per split to join, score again
+            missing = list(range(self.n_splits))
+        extra = self._score(record["method"], record["params"], record["stage"], missing)
+        merged = {
+            **record,
+            **(self.scorer.combine(record, extra) if len(missing) < self.n_splits else extra),
+            "reused": False,
+            "imputations": record.get("imputations", 0) * (not record["reused"]) + extra["imputations"],
+            "seconds": record.get("seconds", 0.0) * (not record["reused"]) + extra["seconds"],
+        }
+        self._keep(key, merged)
 
 
 def _read_checkpoint(path) -> list[dict]:
@@ -220,6 +274,7 @@ def tune(
     echo: Callable[[str], None] | None = None,
     n_splits: int | None = None,
     select: str = "one_se",
+    screen: bool = True,
 ):
     """Score a grid of imputation settings without labels and keep the best.
 
@@ -241,7 +296,12 @@ def tune(
     n_splits
         Independent splits (as in :func:`sccr.tl.score`) each setting
         is imputed on; its losses are their means (``None``: :data:`DEFAULT_N_SPLITS`, 3).
-        Every imputation count below is per split; the cost is ``n_splits`` times that.
+    screen
+        With several MCV splits: score every setting on the first split, then only those
+        within :data:`SCREEN_SE` (3) standard errors of that split's lowest (and no
+        imputation) on the others; the others cannot be chosen, and their ``score`` is
+        estimated from the first split (the lowest's mean plus their difference from it
+        there; ``splits`` says 1). ``False``: every setting on every split.
     select
         ``"one_se"`` (default): among the settings whose score is within one standard
         error of the lowest (the standard error of the paired difference over groups of
@@ -256,7 +316,9 @@ def tune(
         a sweep changes nothing; ``"auto"``: the whole grid when it costs at most
         :data:`FULL_GRID_MAX` imputations, else the coordinate search.
     max_imputations, max_sweeps
-        Limits of the coordinate search (``max_imputations`` per split).
+        Limits of the coordinate search: ``max_imputations`` whole runs on the first split
+        when screening, else on each split (scCR settings that differ only in ``beta`` and
+        ``gamma`` share one run, and each repeats only its last step).
     checkpoint
         A JSON-lines file: every scored setting is appended to it, and with ``resume``
         settings already there (same data, split and seed) are not scored again.
@@ -285,7 +347,7 @@ def tune(
     from .._adata import check_key_added
     from .._errors import InputError
     from .._options import _check_int, resolve_progress
-    from ._score import DEFAULT_SPLIT, DEFAULTS, METHOD_KEYS, Scorer, check_method
+    from ._score import DEFAULT_SPLIT, DEFAULTS, METHOD_KEYS, N_GROUPS, Scorer, check_method
 
     grid = check_grid(grid)
     if "method" not in grid:
@@ -301,6 +363,8 @@ def tune(
     if select not in SELECT:
         raise InputError(f"select must be one of {', '.join(map(repr, SELECT))}; got {select!r}")
     n_splits = DEFAULT_N_SPLITS if n_splits is None else _check_int("n_splits", n_splits, 1)
+    if not isinstance(screen, bool):
+        raise InputError(f"screen must be True or False, got {screen!r}")
     show = resolve_progress(progress)
     say = (
         echo
@@ -322,17 +386,24 @@ def tune(
     )
     config = json.loads(json.dumps(_safe(scorer.config)))
     config["fingerprint"] = _fingerprint(scorer.data.input)
+    screening = screen and n_splits > 1 and scorer.strategy == "mcv"  # masks have no standard errors
     full_cost = grid_cost(grid)
     n_settings = len(_settings(grid))
     mode = search if search != "auto" else ("grid" if full_cost <= FULL_GRID_MAX else "coordinate")
     planned = full_cost if mode == "grid" else min(max_imputations, full_cost)
-    splits_note = f" on each of {n_splits} splits" if n_splits > 1 else ""
+    splits_note = (
+        f" on the first of {n_splits} splits, then the settings within {SCREEN_SE:g} standard errors of the "
+        "lowest on the others"
+        if screening
+        else (f" on each of {n_splits} splits" if n_splits > 1 else "")
+    )
     say(
-        f"{n_settings} settings in the grid (all of them: {full_cost} imputations{splits_note}); "
+        f"{n_settings} settings in the grid (all of them: {full_cost} whole runs{splits_note}; scCR settings that "
+        "differ only in beta and gamma share one, and add one propagation each); "
         + (
             "scoring all of them"
             if mode == "grid"
-            else f"coordinate search from the defaults, at most {planned} imputations{splits_note}"
+            else f"coordinate search from the defaults, at most {planned} whole runs{splits_note}"
         )
         + f", each of a {scorer.data.shape[0]} x {scorer.data.shape[1]} matrix ({scorer.strategy})"
     )
@@ -340,14 +411,20 @@ def tune(
     if resume and key_added in adata.uns and "table" in adata.uns[key_added]:
         previous += _records_from_table(adata.uns[key_added])
     bar = tqdm(
-        total=(n_settings if mode == "grid" else planned) + 1,
+        total=1 + (n_settings if mode == "grid" else _sweep_settings(grid)),
         desc="tune",
         disable=not show,
         leave=False,
         unit="setting",
     )
     runner = _Runner(
-        scorer, config, checkpoint, previous, bar, budget=(full_cost if mode == "grid" else max_imputations) * n_splits
+        scorer,
+        config,
+        checkpoint,
+        previous,
+        bar,
+        budget=(full_cost if mode == "grid" else max_imputations) * (1 if screening else n_splits),
+        search_splits=[0] if screening else None,
     )
     runner("none", {}, "baseline")
     if mode == "grid":
@@ -355,30 +432,48 @@ def tune(
             runner(m, params, "grid")
     else:
         _coordinate_search(runner, grid, max_sweeps)
+    contenders = _contenders(runner) if screening else list(runner.order)
+    if screening:
+        bar.total += len(contenders)
+        bar.refresh()
+        for key in contenders:
+            runner.complete(key)
+            bar.update()
     bar.close()
-    if runner.order and scorer.n_imputations:
-        per = scorer.seconds / scorer.n_imputations
+    seconds = time.perf_counter() - start_time
+    one_run = float(np.median(scorer.run_seconds)) if scorer.run_seconds else None  # one imputation, typically
+    if scorer.n_imputations:
         say(
-            f"{scorer.n_imputations} imputations in {scorer.seconds:.1f} s ({per:.1f} s each); {runner.reused} settings reused"
+            f"{scorer.n_imputations} whole runs and {scorer.n_denoisings} last-step propagations in {seconds:.1f} s"
+            + ("" if one_run is None else f", {seconds / one_run:.1f} times one imputation ({one_run:.1f} s)")
+            + f"; {runner.reused} settings reused"
+            + (
+                f"; {len(contenders)} of {len(runner.order)} settings scored on all {n_splits} splits"
+                if screening
+                else ""
+            )
         )
 
     option_keys = [k for k in AXES if k != "method" and any(k in runner.records[key]["params"] for key in runner.order)]
-    chosen_key, lowest_key, se, tied = _select(runner, select)
+    chosen_key, lowest_key, se, tied = _select(runner, select, contenders)
+    estimated = _estimated_scores(runner, contenders)
     rows = []
     for key in runner.order:
         r = runner.records[key]
-        losses = {k: v for k, v in r.items() if k == "score" or k.startswith(("mcv_", "mask_"))}
+        losses = {k: v for k, v in r.items() if k.startswith(("mcv_", "mask_"))}
         is_default = r["method"] == "sccr" and all(
             r["params"].get(k, DEFAULTS[k]) == DEFAULTS[k] for k in METHOD_KEYS["sccr"]
         )
-        splits = r.get("score_splits") or [r["score"]]
+        splits = r.get("score_splits") or [r["score"]]  # (earlier versions stored no splits for masks)
         rows.append(
             {
                 "_key": key,
                 "setting": _describe(r["method"], r["params"]),
                 "method": r["method"],
                 **{k: r["params"].get(k, np.nan) for k in option_keys},
+                "score": estimated[key],
                 **losses,
+                "splits": len(splits),
                 "score_sd": float(np.std(splits, ddof=1)) if len(splits) > 1 else np.nan,
                 "change": float(r.get("change", np.nan)),
                 "se": se[key],
@@ -393,8 +488,8 @@ def tune(
         )
     table = pd.DataFrame(rows).sort_values("score", kind="stable").reset_index(drop=True)
     keys = list(table["_key"])
-    groups = [runner.records[k].get("cell_groups") for k in keys]
     table = table.drop(columns="_key")
+    has_groups = all(runner.records[k].get("cell_groups") is not None for k in keys)
     best_record, lowest_record = runner.records[chosen_key], runner.records[lowest_key]
 
     def as_setting(record):
@@ -408,9 +503,11 @@ def tune(
         "full_grid_imputations": full_cost,
         "n_splits": n_splits,
         "imputations": int(scorer.n_imputations),
+        "denoisings": int(scorer.n_denoisings),
         "reused": int(runner.reused),
-        "seconds": float(time.perf_counter() - start_time),
+        "seconds": float(seconds),
         "imputation_seconds": float(scorer.seconds),
+        "one_imputation_seconds": np.nan if one_run is None else float(one_run),
     }
     adata.uns[key_added] = {
         "best": best,
@@ -418,36 +515,90 @@ def tune(
         "none_score": none_score,
         "lowest": as_setting(lowest_record),
         "lowest_score": float(lowest_record["score"]),
-        "select": select if any(g is not None for g in groups) else "min",
+        "select": select if has_groups else "min",
         "table": table.astype({c: str for c in table.columns if table[c].dtype == object}),
         "config": config,
         "cost": cost,
         "grid": {k: [_safe(v) for v in vs] for k, vs in grid.items()},
     }
-    if all(g is not None for g in groups) and len({np.shape(g) for g in groups}) == 1:
-        adata.uns[key_added]["cell_groups"] = np.asarray(groups, dtype=np.float64)  # rows of the table
+    # per row of the table and split (nan: not scored there): the scores and group losses, for reuse
+    score_splits = np.full((len(keys), n_splits), np.nan)
+    cell_groups = np.full((len(keys), n_splits, min(N_GROUPS, scorer.data.shape[0])), np.nan)
+    for row, key in enumerate(keys):
+        r = runner.records[key]
+        for i, split in enumerate(_splits_of(r, n_splits)):
+            score_splits[row, split] = r["score_splits"][i] if "score_splits" in r else np.nan
+            if has_groups:
+                cell_groups[row, split] = r["cell_groups"][i]
+    adata.uns[key_added]["score_splits"] = score_splits
+    if has_groups:
+        adata.uns[key_added]["cell_groups"] = cell_groups
     table.attrs.update(best=best, cost=cost, config=config)
     return table
 
 
-def _select(runner: _Runner, select: str) -> tuple[str, str, dict[str, float], dict[str, bool]]:
+def _common_groups(a: Mapping[str, Any], b: Mapping[str, Any], n_splits: int):
+    """The group losses of two records on the splits both were scored on."""
+    ga, gb = a.get("cell_groups"), b.get("cell_groups")
+    if ga is None or gb is None:
+        return None, None
+    sa, sb = _splits_of(a, n_splits), _splits_of(b, n_splits)
+    both = [i for i in sa if i in sb]
+    return [ga[sa.index(i)] for i in both], [gb[sb.index(i)] for i in both]
+
+
+def _contenders(runner: _Runner) -> list[str]:
+    """The settings that can still be chosen after the first split (:data:`SCREEN_SE`), no imputation included."""
+    from ._score import paired_se
+
+    records = runner.records
+    first = {key: _first_score(records[key]) for key in runner.order}
+    lowest = min(runner.order, key=first.get)
+    out = []
+    for key in runner.order:
+        if key != lowest and records[key]["method"] != "none":
+            se = paired_se(*_common_groups(records[key], records[lowest], runner.n_splits))
+            if np.isfinite(se) and first[key] - first[lowest] > SCREEN_SE * se:
+                continue
+        out.append(key)
+    return out
+
+
+def _estimated_scores(runner: _Runner, contenders: list[str]) -> dict[str, float]:
+    """Each setting's score: its mean over the splits, or for one screened out after the first split,
+    the mean of that split's lowest plus its difference from it there (the noise of the split cancels)."""
+    records = runner.records
+    out = {key: records[key]["score"] for key in contenders}
+    anchor = records[min(contenders, key=lambda k: _first_score(records[k]))]
+    for key in runner.order:
+        if key not in out:
+            out[key] = anchor["score"] + _first_score(records[key]) - _first_score(anchor)
+    return out
+
+
+def _select(
+    runner: _Runner, select: str, contenders: list[str]
+) -> tuple[str, str, dict[str, float], dict[str, bool]]:
     """The chosen setting, the lowest-scoring one, and each setting's standard error and tie with the lowest.
 
-    ``se`` is the standard error of the difference between a setting's score and the lowest
-    (:func:`sccr.tl._score.paired_se`; 0 for the lowest itself, ``nan`` without group losses);
-    ``tied``: the difference is at most ``se``. ``"one_se"`` chooses, among the tied, the one
-    with the least ``change`` (no imputation has none), then the lowest score.
+    Only ``contenders`` (the settings scored on every split) can be the lowest, tied or chosen.
+    ``se`` is the standard error of the difference between a setting's score and the lowest on
+    the splits both were scored on (:func:`sccr.tl._score.paired_se`; 0 for the lowest itself,
+    ``nan`` without group losses); ``tied``: the difference is at most ``se``. ``"one_se"``
+    chooses, among the tied, the one with the least ``change`` (no imputation has none), then the
+    lowest score.
     """
     from ._score import paired_se
 
     records = runner.records
-    lowest = min(runner.order, key=lambda k: records[k]["score"])  # first scored wins exact ties
-    low_groups = records[lowest].get("cell_groups")
+    lowest = min(contenders, key=lambda k: records[k]["score"])  # first scored wins exact ties
     se, tied = {}, {}
     for key in runner.order:
         r = records[key]
-        se[key] = 0.0 if key == lowest else paired_se(r.get("cell_groups"), low_groups)
-        tied[key] = key == lowest or bool(r["score"] - records[lowest]["score"] <= se[key])  # nan: not tied
+        se[key] = 0.0 if key == lowest else paired_se(*_common_groups(r, records[lowest], runner.n_splits))
+        tied[key] = key == lowest or (
+            key in contenders and bool(r["score"] - records[lowest]["score"] <= se[key])  # nan: not tied
+        )
     if select == "min":
         return lowest, lowest, se, tied
     candidates = [k for k in runner.order if tied[k]]
@@ -480,16 +631,29 @@ def _records_from_table(uns: Mapping) -> list[dict]:
         json.dumps(_safe(dict(config)), default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
     )
     option_keys = [k for k in AXES if k != "method" and k in table.columns]
-    groups = uns.get("cell_groups")
+    groups, score_splits = uns.get("cell_groups"), uns.get("score_splits")
     if groups is not None and len(groups) != len(table):
         groups = None
+    if score_splits is not None and len(score_splits) != len(table):
+        score_splits = None
     records = []
+    n_splits = int(config.get("n_splits", 1))
     for i, (_, row) in enumerate(table.iterrows()):
-        scores = {k: float(row[k]) for k in table.columns if k == "score" or str(k).startswith(("mcv_", "mask_"))}
+        scores = {k: float(row[k]) for k in table.columns if str(k).startswith(("mcv_", "mask_"))}
+        scored = list(range(n_splits))
+        if score_splits is not None:
+            scored = [j for j in scored if np.isfinite(score_splits[i][j])]
+            scores["score_splits"] = [float(score_splits[i][j]) for j in scored]
+            scores["score"] = float(np.mean(scores["score_splits"]))  # (the table estimates screened-out scores)
+        elif "splits" in table.columns and row["splits"] < n_splits:
+            continue
+        else:
+            scores["score"] = float(row["score"])
+        scores["splits"] = scored
         if "change" in table.columns and np.isfinite(row["change"]):
             scores["change"] = float(row["change"])
         if groups is not None:
-            scores["cell_groups"] = np.asarray(groups[i]).tolist()
+            scores["cell_groups"] = [np.asarray(groups[i][j]).tolist() for j in scored]
         params = _params_of(row, option_keys)
         params = {k: (int(v) if k in ("k", "k_gene", "n_iter") else v) for k, v in params.items()}
         records.append(
@@ -511,6 +675,18 @@ def _fingerprint(X) -> list:
     ]
 
 
+def _sweep_settings(grid: dict[str, list]) -> int:
+    """Settings the first sweep of the coordinate search scores (for the progress bar)."""
+    from ._score import METHOD_KEYS
+
+    methods = [m for m in grid["method"] if m != "none"]
+    if not methods:
+        return 0
+    method = "sccr" if "sccr" in methods else methods[0]
+    axes = [a for a in AXES if a != "method" and a in grid and len(grid[a]) > 1 and a in METHOD_KEYS[method]]
+    return 1 + sum(len(grid[a]) - 1 for a in axes) + max(len(methods) - 1, 0)
+
+
 def _coordinate_search(runner: _Runner, grid: dict[str, list], max_sweeps: int) -> None:
     from ._score import METHOD_KEYS
 
@@ -521,6 +697,9 @@ def _coordinate_search(runner: _Runner, grid: dict[str, list], max_sweeps: int) 
     params = _start(grid, method)
     best = runner(method, params, "start")
     for sweep in range(1, max_sweeps + 1):
+        if sweep > 1:
+            runner.bar.total += _sweep_settings(grid) - 1
+            runner.bar.refresh()
         changed = False
         for axis in AXES:
             if runner.exhausted():
@@ -541,7 +720,7 @@ def _coordinate_search(runner: _Runner, grid: dict[str, list], max_sweeps: int) 
                 if runner.exhausted():
                     break
                 record = runner(m, p, f"sweep {sweep}: {axis}")
-                if record["score"] < best["score"]:
+                if runner.search_score(record) < runner.search_score(best):
                     best, method, params, changed = record, m, dict(p), True
         if not changed:
             return
