@@ -178,7 +178,10 @@ def test_commands(tmp_path, capsys):
     best = json.loads((tmp_path / "t" / "best.json").read_text())
     assert best["method"] == "sccr" and (tmp_path / "t" / "tune.csv").exists()
     assert set(pd.read_csv(tmp_path / "t" / "tune.csv")["splits"]) == {1, 3}  # screened after the first split
-    assert main(["tune", str(path), "--out", str(tmp_path / "w"), "--grid", json.dumps(SMALL), "--no-screen", "--quiet"]) == 0
+    assert (
+        main(["tune", str(path), "--out", str(tmp_path / "w"), "--grid", json.dumps(SMALL), "--no-screen", "--quiet"])
+        == 0
+    )
     assert (pd.read_csv(tmp_path / "w" / "tune.csv")["splits"] == 3).all()
     assert main(["tune", str(path), "--out", str(tmp_path / "t"), "--grid", '{"kk": [1]}']) == 2
     assert "sccr: error: grid keys 'kk' are not options" in capsys.readouterr().err
@@ -223,7 +226,6 @@ def _select_all(runner, select):
 
 
 def test_one_se_rule_prefers_the_mildest_tied_setting():
-    from sccr.tl._tune import _select
 
     rng = np.random.default_rng(0)
     base = rng.normal(1.0, 0.1, size=(2, 50))
@@ -293,7 +295,9 @@ def test_screening_scores_on_every_split_only_what_can_be_chosen():
     for row in np.flatnonzero(table["splits"] == 1):
         se = paired_se(groups[row, :1], groups[anchor, :1])
         assert first[row] - first[anchor] > SCREEN_SE * se  # screened out: far from the lowest
-        assert table.loc[row, "score"] == pytest.approx(info["score_splits"][anchor].mean() + first[row] - first[anchor])
+        assert table.loc[row, "score"] == pytest.approx(
+            info["score_splits"][anchor].mean() + first[row] - first[anchor]
+        )
         assert not table.loc[row, "tied"] and not table.loc[row, "chosen"]
     whole = sccr.tl.tune(a.copy(), grid=SMALL, n_jobs=1, screen=False, resume=False)
     assert whole.attrs["best"] == info["best"]  # the same choice, at a fraction of the runs

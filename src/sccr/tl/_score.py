@@ -577,9 +577,7 @@ class Scorer:
         indices = list(range(len(self.splits)) if splits is None else splits)
         per_split, groups, changes = [], [], []
         for index in indices:
-            losses, group_losses, change = self.splits[index].details(
-                self.imputed(method, params, index), self.threads
-            )
+            losses, group_losses, change = self.splits[index].details(self.imputed(method, params, index), self.threads)
             per_split.append(losses)
             groups.append(group_losses)
             changes.append(change)

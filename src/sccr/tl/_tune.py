@@ -576,9 +576,7 @@ def _estimated_scores(runner: _Runner, contenders: list[str]) -> dict[str, float
     return out
 
 
-def _select(
-    runner: _Runner, select: str, contenders: list[str]
-) -> tuple[str, str, dict[str, float], dict[str, bool]]:
+def _select(runner: _Runner, select: str, contenders: list[str]) -> tuple[str, str, dict[str, float], dict[str, bool]]:
     """The chosen setting, the lowest-scoring one, and each setting's standard error and tie with the lowest.
 
     Only ``contenders`` (the settings scored on every split) can be the lowest, tied or chosen.
