@@ -156,6 +156,10 @@ def test_diagnose_report(tmp_path):
     for heading in ("Should I impute this data?", "With which settings?", "Which results can I trust?"):
         assert heading in report
     assert "sccr.impute(adata, method='sccr'" in report
+    assert report.count("**chosen**") == 1  # the chosen row is marked in the table of the best five
+    rows = result["tune"]["rows"]
+    if not rows[0]["chosen"]:
+        assert "one-standard-error rule" in report
     for name in ("tune.png", "stability.png", "null.png"):
         assert (tmp_path / "figures" / name).stat().st_size > 0
     assert json.loads((tmp_path / "diagnose.json").read_text())["answer"] == "impute"

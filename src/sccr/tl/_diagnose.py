@@ -205,6 +205,10 @@ def _kwargs(setting: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in setting.items())
 
 
+def _number(value) -> str:
+    return f"{value:.2g}" if isinstance(value, (int, float)) and np.isfinite(value) else "-"
+
+
 def report_text(result: Mapping[str, Any], *, figures: Mapping[str, str]) -> str:
     """The markdown report of :func:`diagnose`."""
     best, checked, answer = result["best"], result["checked"], result["answer"]
@@ -251,12 +255,31 @@ def report_text(result: Mapping[str, Any], *, figures: Mapping[str, str]) -> str
         "",
         (
             f"{len(result['tune']['rows'])} settings scored ({cost['search']} search, {cost['imputations']} whole runs "
-            f"and {cost.get('denoisings', 0)} last-step propagations, {cost['seconds']:.0f} s); best five:"
+            f"and {cost.get('denoisings', 0)} last-step propagations, {cost['seconds']:.0f} s); the five lowest scores:"
         ),
         "",
     ]
     rows = result["tune"]["rows"][:5]
-    lines += ["| setting | score |", "|---|---|"] + [f"| {r['setting']} | {r['score']:.5g} |" for r in rows]
+    rows += [r for r in result["tune"]["rows"][5:] if r.get("chosen")]  # the chosen one, wherever it ranks
+
+    def verdict(r) -> str:
+        if r.get("chosen"):
+            return "**chosen**"
+        if r.get("tied"):
+            return "tied with the lowest"
+        return "" if r.get("splits", 1) >= cost.get("n_splits", 1) else "screened out after the first split"
+
+    lines += ["| setting | score | standard error of the difference from the lowest | |", "|---|---|---|---|"] + [
+        f"| {r['setting']} | {r['score']:.5g} | {_number(r.get('se'))} | {verdict(r)} |" for r in rows
+    ]
+    chosen = next((r for r in result["tune"]["rows"] if r.get("chosen")), None)
+    if chosen is not None and chosen is not result["tune"]["rows"][0]:
+        lines += [
+            "",
+            "The chosen setting is within one standard error of the lowest score and changes the data least "
+            "among those that are (the one-standard-error rule: a setting that is not measurably better than a "
+            "milder one, or than no imputation, is not chosen).",
+        ]
     if "tune" in figures:
         lines += ["", f"![score against each option]({figures['tune']})"]
     lines += ["", "## Which results can I trust?", ""]
