@@ -327,3 +327,20 @@ def test_screened_settings_are_completed_on_resume_without_rescoring_the_first_s
 def test_screen_must_be_a_bool():
     with pytest.raises(sccr.InputError, match="screen must be True or False"):
         sccr.tl.tune(planted(), grid=SMALL, screen="yes")
+
+
+def test_scoring_that_does_not_fit_in_memory_is_refused_before_any_run(monkeypatch, tmp_path):
+    import sccr._engine
+
+    monkeypatch.delenv("SCCR_SKIP_MEMORY_CHECK", raising=False)
+    monkeypatch.setattr(sccr._engine, "available_bytes", lambda: 10_000)
+    a = planted()
+    path = tmp_path / "tune.jsonl"
+    with pytest.raises(sccr.InputError, match=r"scoring imputations of 120 cells x 40 genes needs about .* available"):
+        sccr.tl.tune(a, grid=SMALL, checkpoint=path)
+    assert not path.exists() and "sccr_tune" not in a.uns  # nothing ran
+    with pytest.raises(sccr.InputError, match="scoring imputations"):
+        sccr.tl.score(a, method="sccr")
+    assert sccr.tl.score(a, method="none")["score"] > 0  # no imputation: nothing to plan
+    monkeypatch.setenv("SCCR_SKIP_MEMORY_CHECK", "1")
+    sccr.tl.tune(a, grid={"k": [5]}, n_splits=1)

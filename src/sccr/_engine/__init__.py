@@ -30,7 +30,7 @@ from .files import ELSEWHERE, LIVE, Leftover, Owner, check_free_space, claim, lo
 from .genes import MANY_GRAPH_GENES, GeneSelection, top_variance_genes
 from .graph import BATCH_MODES, knn_graph, resolve_knn
 from .matrix import PANEL_WIDTH, READ_BLOCK_BYTES, ROW_BLOCK, DenseMatrix, Matrix, StoredInput, dense
-from .memory import SKIP_ENV
+from .memory import SKIP_ENV, available_bytes, estimate_peak_bytes
 from .pipeline import STAGES, Batches, Decisions, Result, denoise
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "Result",
     "StoredInput",
     "ValueSummary",
+    "available_bytes",
     "canonical",
     "check_checkpoint_folder",
     "check_counts",
@@ -65,6 +66,7 @@ __all__ = [
     "connect",
     "dense",
     "denoise",
+    "estimate_peak_bytes",
     "knn_graph",
     "lock_path",
     "no_space_named",

@@ -621,6 +621,45 @@ class Scorer:
         )
 
 
+def check_memory(scorer: Scorer, *, k: int) -> None:
+    """Refuse before any run when scoring does not fit in the memory available now.
+
+    Scoring holds, beside one imputation of a split (:func:`sccr._engine.estimate_peak_bytes`, whose
+    output is kept as scCR's blend for other ``beta`` and ``gamma``), the imputation it scores.
+    ``SCCR_SKIP_MEMORY_CHECK=1`` skips the check.
+    """
+    import os
+
+    from .._engine import SKIP_ENV, available_bytes, estimate_peak_bytes, resolve_knn
+    from .._errors import InputError
+    from .._options import format_size
+
+    budget = available_bytes()
+    if os.environ.get(SKIP_ENV, "") == "1" or budget is None:
+        return
+    n, g = scorer.data.shape
+    need = (
+        estimate_peak_bytes(
+            n,
+            g,
+            scorer.data.input.nnz,
+            method="sccr",
+            k=k,
+            k_gene=DEFAULTS["k_gene"],
+            n_jobs=scorer.threads,
+            exact=resolve_knn(DEFAULTS["knn"], n) == "exact",
+        )
+        + 4 * n * g
+    )
+    if need > budget:
+        raise InputError(
+            f"scoring imputations of {n} cells x {g} genes needs about {format_size(need)} of memory (one imputation "
+            f"of a split and the imputation scored, both dense float32), but {format_size(budget)} is available; "
+            "tune on fewer genes (the highly variable ones: adata[:, adata.var['highly_variable']]), use fewer "
+            f"threads (n_jobs), or set {SKIP_ENV}=1 to try anyway"
+        )
+
+
 def paired_se(groups_a, groups_b) -> float:
     """Standard error of the difference in ``mcv_mse`` between two settings scored on the same splits.
 
@@ -722,6 +761,8 @@ def score(
         mask_rate=mask_rate,
         n_splits=n_splits,
     )
+    if isinstance(method, str) and method != "none":
+        check_memory(scorer, k=int((params or {}).get("k", DEFAULTS["k"])))
     result = scorer.evaluate(method, params)
     for key in ("cell_groups", "splits", "loss_splits", "change_splits"):
         result.pop(key)

@@ -347,7 +347,7 @@ def tune(
     from .._adata import check_key_added
     from .._errors import InputError
     from .._options import _check_int, resolve_progress
-    from ._score import DEFAULT_SPLIT, DEFAULTS, METHOD_KEYS, N_GROUPS, Scorer, check_method
+    from ._score import DEFAULT_SPLIT, DEFAULTS, METHOD_KEYS, N_GROUPS, Scorer, check_memory, check_method
 
     grid = check_grid(grid)
     if "method" not in grid:
@@ -386,6 +386,7 @@ def tune(
     )
     config = json.loads(json.dumps(_safe(scorer.config)))
     config["fingerprint"] = _fingerprint(scorer.data.input)
+    check_memory(scorer, k=max(grid.get("k", [DEFAULTS["k"]])))
     screening = screen and n_splits > 1 and scorer.strategy == "mcv"  # masks have no standard errors
     full_cost = grid_cost(grid)
     n_settings = len(_settings(grid))
