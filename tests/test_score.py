@@ -178,9 +178,15 @@ def test_beta_and_gamma_reuse_one_run_bit_for_bit():
     counts, _ = planted_counts()
     a = counts_adata(counts)
     scorer = Scorer(a, n_jobs=1)
-    settings = [{"k": 10, "gamma": 0.01}, {"k": 10, "gamma": 1.0}, {"k": 10, "gamma": 0.4, "beta": 0.5}]
+    settings = [
+        {"k": 10, "gamma": 0.01},
+        {"k": 10, "gamma": 1.0},
+        {"k": 10, "gamma": 0.4, "beta": 0.5},
+        {"k": 10, "gamma": 0.3, "beta": 0.5},
+    ]
     outputs = [scorer.imputed("sccr", p) for p in settings]
-    assert scorer.n_imputations == 1 and scorer.n_denoisings == 3  # one run of steps 1-5, step 6 three times
+    assert scorer.n_imputations == 1  # one run of steps 1-5
+    assert scorer.n_denoisings == 2  # and one soft propagation (step 6) per beta; each gamma is a blend
     for p, out in zip(settings, outputs, strict=True):
         whole = sccr.SCCR(**p, random_state=0, n_jobs=1, progress=False).fit_transform(scorer.data.input)
         np.testing.assert_array_equal(out, whole)
@@ -236,18 +242,20 @@ def test_interpolation_table_is_numpy_interp_bit_for_bit():
     rng = np.random.default_rng(0)
     for xp, fp in ((_curve(0.9), _curve(0.1)), (_curve(1.0), _GRID)):
         table = Table(xp, fp)
+        nodes = xp.astype(np.float32)  # the kernel reads float32 imputations
         x = np.concatenate(
             [
-                xp,  # every node
-                (xp[1:] + xp[:-1]) / 2,  # between nodes
-                np.nextafter(xp, np.inf),
-                np.nextafter(xp, -np.inf),
-                rng.exponential(0.05, 10_000),
-                rng.uniform(0, 20, 10_000),  # past the last node as well
-                [0.0, -1.0, np.inf, 1e300],
+                nodes,
+                ((xp[1:] + xp[:-1]) / 2).astype(np.float32),  # between nodes
+                np.nextafter(nodes, np.float32(np.inf)),
+                np.nextafter(nodes, np.float32(-np.inf)),
+                rng.exponential(0.05, 10_000).astype(np.float32),
+                rng.uniform(0, 20, 10_000).astype(np.float32),  # past the last node as well
+                np.array([0.0, -0.0, 1e-30, 1e-45, np.inf, 3e38], dtype=np.float32),
             ]
         )
-        np.testing.assert_array_equal(table(x), np.interp(x, xp, fp))
+        np.testing.assert_array_equal(table(x), np.interp(x.astype(np.float64), xp, fp))
+        assert np.isnan(table(np.array([np.nan], dtype=np.float32))[0])
     with pytest.raises(ValueError, match="strictly increasing"):
         Table(np.array([0.0, 1.0, 1.0]), np.zeros(3))
 

@@ -31,7 +31,8 @@ from .genes import MANY_GRAPH_GENES, GeneSelection, top_variance_genes
 from .graph import BATCH_MODES, knn_graph, resolve_knn
 from .matrix import PANEL_WIDTH, READ_BLOCK_BYTES, ROW_BLOCK, DenseMatrix, Matrix, StoredInput, dense
 from .memory import SKIP_ENV, available_bytes, estimate_peak_bytes
-from .pipeline import STAGES, Batches, Decisions, Result, denoise
+from .pipeline import STAGES, Batches, Decisions, Result, soft_propagate
+from .propagation import blend_into
 
 __all__ = [
     "BATCH_MODES",
@@ -55,6 +56,7 @@ __all__ = [
     "StoredInput",
     "ValueSummary",
     "available_bytes",
+    "blend_into",
     "canonical",
     "check_checkpoint_folder",
     "check_counts",
@@ -65,7 +67,6 @@ __all__ = [
     "claim",
     "connect",
     "dense",
-    "denoise",
     "estimate_peak_bytes",
     "knn_graph",
     "lock_path",
@@ -74,6 +75,7 @@ __all__ = [
     "resolve_knn",
     "run",
     "size_of",
+    "soft_propagate",
     "sweep",
     "top_variance_genes",
 ]

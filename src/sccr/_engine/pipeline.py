@@ -338,15 +338,16 @@ def _sccr_soft_fp(r: _Run) -> Result:
     return Result(r.out, r["A3"], r["distances"], r["S"], r["R"], r.t.timings, r.t.work)
 
 
-def denoise(graph: sp.csr_matrix, X, blend, *, n_iter: int, beta: float, gamma: float, n_jobs: int = 1) -> np.ndarray:
-    """scCR's step 6 alone: ``(1 - gamma) soft(graph, X, n_iter, beta) + gamma blend``.
+def soft_propagate(graph: sp.csr_matrix, X, *, n_iter: int, beta: float, n_jobs: int = 1) -> np.ndarray:
+    """``soft(graph, X, n_iter, beta)`` alone, as scCR's step 6 computes it before its blend.
 
     With the final cell graph ``A3`` and the blend ``B`` of a run (the output of a run with
-    ``gamma=1`` is ``B``), this is that run's output for any other ``beta`` and ``gamma``, bit
-    for bit: the same kernel and arithmetic as :func:`_sccr_soft_fp`. :func:`sccr.tl.tune` uses it.
+    ``gamma=1`` is ``B``), ``blend_into(soft_propagate(A3, X, ...), gamma, B)`` is that run's
+    output for any ``beta`` and ``gamma``, bit for bit: the same kernel, and the blend's
+    arithmetic is :func:`~.propagation.blend_into` in both. :func:`sccr.tl.tune` uses it.
     """
     with executing(Execution(n_jobs)):
-        return propagate(graph, X, n_iter, hard=False, beta=beta, desc="denoising", blend=(gamma, as_matrix(blend)))
+        return propagate(graph, X, n_iter, hard=False, beta=beta, desc="denoising")
 
 
 # scFP: hard FP on the k-NN graph of X, then soft FP on a graph rebuilt from it.

@@ -160,6 +160,13 @@ def propagate_chunks(
                     bar.update()
 
 
+def blend_into(result: np.ndarray, weight: float, other: np.ndarray) -> np.ndarray:
+    """``result = (1 - weight) * result + weight * other`` in place (float32): the arithmetic of every blend."""
+    result *= np.float32(1.0 - weight)
+    result += np.float32(weight) * other
+    return result
+
+
 def propagate(
     A: sp.csr_matrix,
     X0,
@@ -201,8 +208,7 @@ def propagate(
     def store(i: int, block: np.ndarray) -> None:
         if blend is not None:
             weight, other = blend
-            block *= np.float32(1.0 - weight)
-            block += np.float32(weight) * other.columns(starts[i], starts[i] + block.shape[1])
+            blend_into(block, weight, other.columns(starts[i], starts[i] + block.shape[1]))
         target.write_columns(starts[i], block)
 
     propagate_chunks(

@@ -4,27 +4,28 @@
 imputation once and walks the sparse rows of the input (half 1) and of the target (half 2)
 beside it; the two corrections of the log scale (``convert_log1p``, ``invert_log1p``) are
 linear interpolations on the same tables, with the same arithmetic as ``numpy.interp``
-(bitwise the same results), found through an index by octave instead of a binary search
-over all of it.
+(bitwise the same results), found through an index on the bits of the float32 value instead
+of a binary search over the whole table.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
-#: Buckets per octave of the index over a table's abscissae (by exponent and leading mantissa bits).
-_PER_OCTAVE = 1024
+#: Mantissa bits of a float32 dropped by the index: 2^(23 - 13) = 1024 buckets per octave.
+_SHIFT = 13
 
 
 class Table:
-    """``numpy.interp(x, xp, fp)`` for increasing, non-negative ``xp``, as arrays the kernel reads.
+    """``numpy.interp(x, xp, fp)`` at float32 ``x``, for increasing, non-negative ``xp``, as arrays the kernel reads.
 
-    The abscissae of these tables are dense near 0 (geometric) and spaced evenly further out,
-    so they are indexed by octave: ``x = m 2^e`` falls in bucket
-    ``(e - e_min) * _PER_OCTAVE + floor((2 m - 1) * _PER_OCTAVE)``, which holds a node or two.
+    A non-negative float32's bits, read as an integer, grow with its value; dropping the last
+    :data:`_SHIFT` bits leaves exponent and leading mantissa bits, the index of the value's bucket
+    (1024 per octave). These tables' abscissae are dense near 0 (geometric) and evenly spaced further
+    out, so most buckets hold no node: a value there is interpolated from the bucket's lower node,
+    read from ``cells`` in one place; in the others ``start`` (the last node at or below the
+    bucket's lower edge) begins a short search.
     """
 
     def __init__(self, xp: np.ndarray, fp: np.ndarray) -> None:
@@ -34,62 +35,64 @@ class Table:
             raise ValueError("xp must be non-negative, strictly increasing and as long as fp (at least three points)")
         self.xp, self.fp = xp, fp
         self.slopes = (fp[1:] - fp[:-1]) / (xp[1:] - xp[:-1])  # as numpy.interp computes them
-        self.e_min = int(np.frexp(xp[1])[1])
-        octaves = int(np.frexp(xp[-1])[1]) - self.e_min + 1
-        bucket = np.arange(octaves * _PER_OCTAVE)
-        edges = np.ldexp(0.5 + (bucket % _PER_OCTAVE) / (2 * _PER_OCTAVE), self.e_min + bucket // _PER_OCTAVE)
-        edges[0] = xp[0]
-        #: the last node at or below the lower edge of each bucket, and one past the end
-        start = np.searchsorted(xp, edges, side="right") - 1
-        self.start = np.clip(np.append(start, xp.size - 2), 0, xp.size - 2).astype(np.int64)
+        first, last = (int(np.float32(v).view(np.int32)) >> _SHIFT for v in (xp[1], xp[-1]))
+        self.base = first
+        edges = ((np.arange(first, last + 2, dtype=np.int64) << _SHIFT).astype(np.int32)).view(np.float32)
+        start = np.searchsorted(xp, edges.astype(np.float64), side="right") - 1
+        self.start = np.clip(start, 0, xp.size - 2).astype(np.int32)
+        #: per bucket: its lower node, that node's value and slope (read together); the slope is nan
+        #: where a node lies inside the bucket (or below the first), which the kernel then searches
+        lower = self.start[:-1]
+        self.cells = np.stack([xp[lower], fp[lower], self.slopes[lower]], axis=1)
+        self.cells[self.start[1:] != lower, 2] = np.nan
+        self.cells[0, 2] = np.nan
 
     def arrays(self) -> tuple:
-        return self.xp, self.fp, self.slopes, self.start, self.e_min
+        return self.xp, self.fp, self.slopes, self.start, self.base, self.cells
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """The interpolation of ``x`` (float64), for tests against ``numpy.interp``."""
-        x = np.ascontiguousarray(x, dtype=np.float64).ravel()
-        out = np.empty_like(x)
-        _interp_many(x, *self.arrays(), out)
+        """The interpolation of float32 ``x`` (as float64), for tests against ``numpy.interp``."""
+        x = np.ascontiguousarray(x, dtype=np.float32).ravel()
+        out = np.empty(x.size)
+        _interp_into(x, x.view(np.int32), *self.arrays(), out)
         return out
 
 
 @njit(nogil=True, cache=True, fastmath=False)
-def _interp(x, xp, fp, slopes, start, e_min):  # pragma: no cover
-    """``numpy.interp(x, xp, fp)``: ends held constant, exact at nodes, ``slope * (x - xp[j]) + fp[j]`` between."""
+def _interp_into(values, bits, xp, fp, slopes, start, base, cells, out):  # pragma: no cover
+    """``out[:] = numpy.interp(numpy.maximum(values, 0), xp, fp)`` for float32 ``values`` (``bits``: their bits).
+
+    Ends held constant (``xp[0] >= 0``: every value at or below 0 gives ``fp[0]``), exact at
+    nodes, ``slope * (x - xp[j]) + fp[j]`` between: numpy's arithmetic. (One loop, not a function
+    per value: numba compiles a per-value function inlined here several times slower.)
+    """
     last = xp.size - 1
-    if x >= xp[last]:
-        return fp[last]
-    if x <= xp[0]:
-        return fp[0]
-    m, e = math.frexp(x)
-    bucket = (e - e_min) * _PER_OCTAVE + int((2.0 * m - 1.0) * _PER_OCTAVE)
-    bucket = min(max(bucket, 0), start.size - 2)
-    lo, hi = start[bucket], start[bucket + 1] + 1
-    while lo > 0 and xp[lo] > x:  # an edge rounded the other way: widen the bracket
-        lo -= 1
-    while hi < last and xp[hi] <= x:
-        hi += 1
-    while hi - lo > 1:  # xp[lo] <= x < xp[hi]
-        mid = (lo + hi) // 2
-        if xp[mid] <= x:
-            lo = mid
-        else:
-            hi = mid
-    if xp[lo] == x:
-        return fp[lo]
-    return slopes[lo] * (x - xp[lo]) + fp[lo]
-
-
-@njit(nogil=True, cache=True, fastmath=False)
-def _interp_many(x, xp, fp, slopes, start, e_min, out):  # pragma: no cover
-    for i in range(x.size):
-        out[i] = _interp(x[i], xp, fp, slopes, start, e_min)
+    for k in range(values.size):
+        x = np.float64(values[k])  # nan falls through every test below and comes out nan, as from numpy
+        if x >= xp[last]:
+            out[k] = fp[last]
+            continue
+        if x <= xp[0]:
+            out[k] = fp[0]
+            continue
+        bucket = min(max((bits[k] >> _SHIFT) - base, 0), cells.shape[0] - 1)
+        slope = cells[bucket, 2]
+        if slope == slope:  # no node inside the bucket: x lies after its lower node
+            node = cells[bucket, 0]
+            out[k] = cells[bucket, 1] if node == x else slope * (x - node) + cells[bucket, 1]
+            continue
+        lo = start[bucket]
+        while lo > 0 and xp[lo] > x:  # only below the first bucket
+            lo -= 1
+        while xp[lo + 1] <= x:  # a node or a few (xp[last] > x ends it)
+            lo += 1
+        out[k] = fp[lo] if xp[lo] == x else slopes[lo] * (x - xp[lo]) + fp[lo]
 
 
 @njit(nogil=True, cache=True, fastmath=False)
 def _mcv_rows(  # pragma: no cover
     imputed,
+    imputed_bits,
     in_indptr,
     in_indices,
     in_data,
@@ -104,12 +107,14 @@ def _mcv_rows(  # pragma: no cover
     c_fp,
     c_slopes,
     c_start,
-    c_e_min,
+    c_base,
+    c_cells,
     i_xp,
     i_fp,
     i_slopes,
     i_start,
-    i_e_min,
+    i_base,
+    i_cells,
     squares,
     poisson,
     change,
@@ -121,8 +126,13 @@ def _mcv_rows(  # pragma: no cover
     caller, it does not depend on the imputation); ``change``: of ``float32(v - input)^2``.
     """
     n, g = imputed.shape
+    converted = np.empty(g)
+    means = np.empty(g)
     for i in range(n):
         row = imputed[i]
+        if not identity:
+            _interp_into(row, imputed_bits[i], c_xp, c_fp, c_slopes, c_start, c_base, c_cells, converted)
+        _interp_into(row, imputed_bits[i], i_xp, i_fp, i_slopes, i_start, i_base, i_cells, means)
         q, q_end = in_indptr[i], in_indptr[i + 1]
         t, t_end = t_indptr[i], t_indptr[i + 1]
         s = 0.0
@@ -131,12 +141,8 @@ def _mcv_rows(  # pragma: no cover
         d = depth[i]
         for j in range(g):
             v = row[j]
-            x = max(np.float64(v), 0.0)
-            if identity:
-                predicted = np.float64(v)
-            else:
-                predicted = np.float64(np.float32(_interp(x, c_xp, c_fp, c_slopes, c_start, c_e_min)))
-            mu = max(_interp(x, i_xp, i_fp, i_slopes, i_start, i_e_min) * d, floor)
+            predicted = np.float64(v) if identity else np.float64(np.float32(converted[j]))
+            mu = max(means[j] * d, floor)
             observed = np.float32(0.0)
             if q < q_end and in_indices[q] == j:
                 observed = in_data[q]

@@ -45,7 +45,8 @@ DEFAULT_SPLIT = 0.9
 N_GROUPS = 100
 #: Smallest predicted count in the Poisson loss (a prediction of exactly 0 for an observed count has infinite loss).
 POISSON_FLOOR = 1e-4
-#: Bytes of scCR blends (step 4) a :class:`Scorer` keeps so that other ``beta`` and ``gamma`` need no whole run.
+#: Bytes of scCR blends (step 4), and again of soft propagations (step 6), a :class:`Scorer` keeps so that
+#: other ``beta`` and ``gamma`` need no whole run (the most recent of each is kept whatever its size).
 CACHE_BYTES = 512 * 2**20
 
 
@@ -334,6 +335,7 @@ class _MCVData:
             rows = np.ascontiguousarray(imputed[start:stop], dtype=np.float32)
             _mcv_rows(
                 rows,
+                rows.view(np.int32),
                 X1.indptr[start : stop + 1],
                 X1.indices,
                 X1.data,
@@ -433,6 +435,17 @@ def impute_matrix(X, method, params: Mapping[str, Any], *, random_state: int | N
         return SCCR(method=method, **params, random_state=random_state, n_jobs=n_jobs, progress=False).fit_transform(X)
 
 
+def _remember(cache: OrderedDict, key: str, value, budget: int) -> None:
+    """Keep ``value`` as the most recently used; drop the least recently used beyond ``budget`` bytes (never the last)."""
+
+    def size(v) -> int:
+        return sum(size(x) for x in v) if isinstance(v, tuple) else getattr(v, "nbytes", 0)
+
+    cache[key] = value
+    while len(cache) > 1 and sum(size(v) for v in cache.values()) > budget:
+        cache.pop(next(iter(cache)))
+
+
 class Scorer:
     """Scores many settings on prepared splits (or masks): the work shared by :func:`score` and :func:`sccr.tl.tune`.
 
@@ -441,7 +454,8 @@ class Scorer:
     ``beta`` and ``gamma`` enter scCR only at its last step (ALGORITHM.md step 6:
     ``(1 - gamma) soft(A3, X, T, beta) + gamma B``), so settings that differ only in them share
     one run of steps 1-5: its graph ``A3`` and blend ``B`` are kept, up to :data:`CACHE_BYTES`
-    of blends (least recently used dropped first), and each such setting costs one propagation.
+    (least recently used dropped first); each ``beta`` costs one propagation (kept likewise), and each
+    ``gamma`` one blend.
     """
 
     def __init__(
@@ -495,9 +509,11 @@ class Scorer:
         self.n_imputations = 0
         self.seconds = 0.0
         self.run_seconds: list[float] = []  # of each whole run
-        self.n_denoisings = 0  # step 6 of scCR alone, on a kept graph and blend
+        self.n_denoisings = 0  # soft propagations of step 6 alone, on a kept graph
         #: scCR's final graph and blend by split and options other than beta and gamma, least recently used first
         self._cache: OrderedDict[str, tuple[Any, np.ndarray]] = OrderedDict()
+        #: the soft propagation of step 6 by the key above and ``beta``, likewise
+        self._soft: OrderedDict[str, np.ndarray] = OrderedDict()
         self.cache_bytes = CACHE_BYTES
 
     def _impute(self, method, params: dict[str, Any], index: int) -> np.ndarray:
@@ -528,15 +544,19 @@ class Scorer:
         self._count_run(time.perf_counter() - start)
         return model.cell_graph_, model.imputed_  # with gamma=1 the output is B, bit for bit
 
-    def _denoised(self, graph, blend: np.ndarray, n_iter: int, beta: float, gamma: float, index: int) -> np.ndarray:
-        """scCR's step 6 on a kept graph and blend (:func:`sccr._engine.denoise`)."""
-        from .._engine import denoise
+    def _denoised(self, key: str, graph, blend: np.ndarray, n_iter: int, beta: float, gamma: float) -> np.ndarray:
+        """scCR's step 6 on a kept graph and blend: the soft propagation (kept per ``beta``), then the blend."""
+        from .._engine import blend_into, soft_propagate
 
         start = time.perf_counter()
-        out = denoise(
-            graph, self.splits[index].input, blend, n_iter=n_iter, beta=beta, gamma=gamma, n_jobs=self.threads
-        )
-        self.n_denoisings += 1
+        index = json.loads(key)[0]
+        soft_key = json.dumps([key, beta])
+        soft = self._soft.pop(soft_key, None)
+        if soft is None:
+            soft = soft_propagate(graph, self.splits[index].input, n_iter=n_iter, beta=beta, n_jobs=self.threads)
+            self.n_denoisings += 1
+        _remember(self._soft, soft_key, soft, self.cache_bytes)
+        out = blend_into(soft.copy(), gamma, blend)
         self.seconds += time.perf_counter() - start
         return out
 
@@ -545,7 +565,8 @@ class Scorer:
 
         scCR settings that differ only in ``beta`` and ``gamma`` share everything before the last
         propagation (ALGORITHM.md steps 1-5): that run is made once, with ``gamma=1`` (whose output
-        is the blend ``B``), and each setting repeats only step 6 on its graph, with the same kernel
+        is the blend ``B``), and kept with its final graph; each ``beta`` repeats only the soft
+        propagation of step 6 (kept too), and each ``gamma`` only its blend, with the same kernel
         and the same arithmetic as a whole run (the same bits; tested).
         """
         params = dict(params)
@@ -557,10 +578,9 @@ class Scorer:
         kept = self._cache.pop(key, None)
         if kept is None:
             kept = self._blend_and_graph(params, index)
-        self._cache[key] = kept  # most recently used last
-        while len(self._cache) > 1 and sum(b.nbytes for _, b in self._cache.values()) > self.cache_bytes:
-            self._cache.pop(next(iter(self._cache)))
-        return self._denoised(*kept, int(params.get("n_iter", DEFAULTS["n_iter"])), beta, gamma, index)
+        _remember(self._cache, key, kept, self.cache_bytes)
+        graph, blend = kept
+        return self._denoised(key, graph, blend, int(params.get("n_iter", DEFAULTS["n_iter"])), beta, gamma)
 
     def evaluate(self, method, params: Mapping[str, Any] | None = None, splits=None) -> dict[str, Any]:
         """Scores of one setting, averaged over the splits (``splits``: the indices to score, default all).
@@ -625,7 +645,8 @@ def check_memory(scorer: Scorer, *, k: int) -> None:
     """Refuse before any run when scoring does not fit in the memory available now.
 
     Scoring holds, beside one imputation of a split (:func:`sccr._engine.estimate_peak_bytes`, whose
-    output is kept as scCR's blend for other ``beta`` and ``gamma``), the imputation it scores.
+    output is kept as scCR's blend for other ``beta`` and ``gamma``), a soft propagation and the
+    imputation it scores.
     ``SCCR_SKIP_MEMORY_CHECK=1`` skips the check.
     """
     import os
@@ -649,12 +670,13 @@ def check_memory(scorer: Scorer, *, k: int) -> None:
             n_jobs=scorer.threads,
             exact=resolve_knn(DEFAULTS["knn"], n) == "exact",
         )
-        + 4 * n * g
+        + 2 * 4 * n * g
     )
     if need > budget:
         raise InputError(
             f"scoring imputations of {n} cells x {g} genes needs about {format_size(need)} of memory (one imputation "
-            f"of a split and the imputation scored, both dense float32), but {format_size(budget)} is available; "
+            f"of a split, a soft propagation and the imputation scored, all dense float32), but {format_size(budget)} "
+            "is available; "
             "tune on fewer genes (the highly variable ones: adata[:, adata.var['highly_variable']]), use fewer "
             f"threads (n_jobs), or set {SKIP_ENV}=1 to try anyway"
         )
