@@ -400,7 +400,7 @@ def tune(
     )
     say(
         f"{n_settings} settings in the grid (all of them: {full_cost} whole runs{splits_note}; scCR settings that "
-        "differ only in beta and gamma share one, and add one propagation each); "
+        "differ only in beta and gamma share one, each beta adding one propagation and each gamma a blend); "
         + (
             "scoring all of them"
             if mode == "grid"
