@@ -544,12 +544,13 @@ class Scorer:
         self._count_run(time.perf_counter() - start)
         return model.cell_graph_, model.imputed_  # with gamma=1 the output is B, bit for bit
 
-    def _denoised(self, key: str, graph, blend: np.ndarray, n_iter: int, beta: float, gamma: float) -> np.ndarray:
+    def _denoised(
+        self, key: str, index: int, graph, blend: np.ndarray, n_iter: int, beta: float, gamma: float
+    ) -> np.ndarray:
         """scCR's step 6 on a kept graph and blend: the soft propagation (kept per ``beta``), then the blend."""
         from .._engine import blend_into, soft_propagate
 
         start = time.perf_counter()
-        index = json.loads(key)[0]
         soft_key = json.dumps([key, beta])
         soft = self._soft.pop(soft_key, None)
         if soft is None:
@@ -580,7 +581,7 @@ class Scorer:
             kept = self._blend_and_graph(params, index)
         _remember(self._cache, key, kept, self.cache_bytes)
         graph, blend = kept
-        return self._denoised(key, graph, blend, int(params.get("n_iter", DEFAULTS["n_iter"])), beta, gamma)
+        return self._denoised(key, index, graph, blend, int(params.get("n_iter", DEFAULTS["n_iter"])), beta, gamma)
 
     def evaluate(self, method, params: Mapping[str, Any] | None = None, splits=None) -> dict[str, Any]:
         """Scores of one setting, averaged over the splits (``splits``: the indices to score, default all).

@@ -227,12 +227,13 @@ class _Runner:
         if "loss_splits" not in record:  # restored from a table: no losses per split to join, score again
             missing = list(range(self.n_splits))
         extra = self._score(record["method"], record["params"], record["stage"], missing)
+        spent = {"imputations": 0, "seconds": 0.0} if record["reused"] else record  # by this call
         merged = {
             **record,
             **(self.scorer.combine(record, extra) if len(missing) < self.n_splits else extra),
             "reused": False,
-            "imputations": record.get("imputations", 0) * (not record["reused"]) + extra["imputations"],
-            "seconds": record.get("seconds", 0.0) * (not record["reused"]) + extra["seconds"],
+            "imputations": spent.get("imputations", 0) + extra["imputations"],
+            "seconds": spent.get("seconds", 0.0) + extra["seconds"],
         }
         self._keep(key, merged)
 
